@@ -1,0 +1,1 @@
+//! The expression language shared by `filter` and `compute`.

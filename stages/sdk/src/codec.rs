@@ -1,0 +1,955 @@
+//! Readers and writers between bytes and [`Batch`]es: CSV with a header, and JSON lines.
+//!
+//! Readers never panic on input and never stop at a bad record: a record that cannot be
+//! read (wrong number of fields, invalid UTF-8, a JSON line that is not an object) comes
+//! back as a [`BadRecord`] with its position and the reason, and the caller applies its
+//! policy. Only I/O errors end a read.
+//!
+//! CSV cells are strings. JSON values keep their kinds; nested objects and arrays keep
+//! their JSON text, so JSONL in → JSONL out through identity stages keeps keys, order,
+//! values and types.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
+
+use serde::de::{self, Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::batch::{Batch, Kind, Pos};
+
+/// A record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl Format {
+    /// The format a file name's extension implies, if any.
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Csv => "csv",
+            Format::Jsonl => "jsonl",
+        })
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "csv" => Ok(Format::Csv),
+            "jsonl" | "ndjson" => Ok(Format::Jsonl),
+            _ => Err(format!("unknown format `{s}` (expected csv or jsonl)")),
+        }
+    }
+}
+
+/// A record the reader could not turn into a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRecord {
+    /// Where it starts.
+    pub pos: Pos,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The record as far as it could be read, as JSON: a string (a JSON line's text) or
+    /// an array of strings (a CSV row's fields). Invalid UTF-8 is replaced by U+FFFD.
+    pub raw: serde_json::Value,
+}
+
+/// Reads records into batches.
+pub trait Reader: Send {
+    /// Appends up to `max` records to `batch`, which the caller has cleared. Records that
+    /// cannot be read go to `bad`. Returns `Ok(false)` once the input is exhausted and
+    /// nothing was appended. A batch never spans a change of columns: a CSV reader's batch
+    /// has the file's header, a JSON-lines batch the union of its lines' keys.
+    fn read_batch(
+        &mut self,
+        batch: &mut Batch,
+        max: usize,
+        bad: &mut Vec<BadRecord>,
+    ) -> io::Result<bool>;
+
+    /// Bytes consumed so far (for progress).
+    fn bytes_read(&self) -> u64;
+}
+
+/// Makes the reader for `format` over `input`, tagging positions with `input_index`.
+pub fn reader<'r, R: Read + Send + 'r>(
+    format: Format,
+    input: R,
+    input_index: u32,
+) -> Box<dyn Reader + 'r> {
+    match format {
+        Format::Csv => Box::new(CsvReader::new(input, input_index)),
+        Format::Jsonl => Box::new(JsonlReader::new(
+            io::BufReader::with_capacity(1 << 16, input),
+            input_index,
+        )),
+    }
+}
+
+/// Reads CSV with a header line. Quoted fields may hold commas, quotes and newlines; CRLF
+/// and a UTF-8 byte-order mark are handled.
+pub struct CsvReader<R> {
+    inner: csv::Reader<LineIndex<R>>,
+    input: u32,
+    header: Option<Vec<String>>,
+    record: csv::ByteRecord,
+    done: bool,
+}
+
+impl<R: Read> CsvReader<R> {
+    /// A reader over `input`, whose records are tagged with `input_index`.
+    pub fn new(input: R, input_index: u32) -> CsvReader<R> {
+        let inner = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 16)
+            .from_reader(LineIndex::new(input));
+        CsvReader {
+            inner,
+            input: input_index,
+            header: None,
+            record: csv::ByteRecord::new(),
+            done: false,
+        }
+    }
+
+    /// The header, once read.
+    pub fn header(&self) -> Option<&[String]> {
+        self.header.as_deref()
+    }
+
+    fn pos(&mut self) -> Pos {
+        let byte = self.record.position().map_or(0, |p| p.byte());
+        Pos {
+            input: self.input,
+            line: self.inner.get_mut().line_of(byte),
+        }
+    }
+
+    fn next_record(&mut self) -> io::Result<bool> {
+        next_csv_record(&mut self.inner, &mut self.record)
+    }
+
+    fn raw_fields(&self) -> serde_json::Value {
+        csv_raw_fields(&self.record)
+    }
+}
+
+fn next_csv_record<R: Read>(
+    inner: &mut csv::Reader<R>,
+    record: &mut csv::ByteRecord,
+) -> io::Result<bool> {
+    {
+        match inner.read_byte_record(record) {
+            Ok(more) => Ok(more),
+            Err(e) => match e.into_kind() {
+                csv::ErrorKind::Io(e) => Err(e),
+                other => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{other:?}"),
+                )),
+            },
+        }
+    }
+}
+
+fn csv_raw_fields(record: &csv::ByteRecord) -> serde_json::Value {
+    {
+        serde_json::Value::Array(
+            record
+                .iter()
+                .map(|f| serde_json::Value::String(String::from_utf8_lossy(f).into_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl<R: Read> CsvReader<R> {
+    fn read_header(&mut self, bad: &mut Vec<BadRecord>) -> io::Result<bool> {
+        loop {
+            if !self.next_record()? {
+                self.done = true;
+                return Ok(false);
+            }
+            let fields: Result<Vec<String>, _> = self
+                .record
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let f = if i == 0 {
+                        f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+                    } else {
+                        f
+                    };
+                    std::str::from_utf8(f).map(str::to_owned)
+                })
+                .collect();
+            match fields {
+                Ok(h) => {
+                    self.header = Some(h);
+                    return Ok(true);
+                }
+                Err(e) => {
+                    let pos = self.pos();
+                    bad.push(BadRecord {
+                        pos,
+                        reason: format!(
+                            "the header line is not valid UTF-8 (byte {})",
+                            e.valid_up_to() + 1
+                        ),
+                        raw: self.raw_fields(),
+                    });
+                    // Without a header nothing in this input can be read.
+                    self.done = true;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read + Send> Reader for CsvReader<R> {
+    fn read_batch(
+        &mut self,
+        batch: &mut Batch,
+        max: usize,
+        bad: &mut Vec<BadRecord>,
+    ) -> io::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        if self.header.is_none() && !self.read_header(bad)? {
+            return Ok(false);
+        }
+        let header = self.header.as_ref().expect("header was read above");
+        if !batch.columns().eq(header.iter().map(|s| s.as_str())) {
+            batch.set_columns(header);
+        }
+        let width = header.len();
+        let mut got_any = false;
+        while batch.len() < max {
+            if !next_csv_record(&mut self.inner, &mut self.record)? {
+                self.done = true;
+                break;
+            }
+            got_any = true;
+            let pos = self.pos();
+            let rec = &self.record;
+            if rec.len() != width {
+                // A blank line inside the data reads as one empty field: skip it as the
+                // csv crate does for blank lines elsewhere.
+                if rec.len() == 1 && rec.as_slice().is_empty() {
+                    continue;
+                }
+                bad.push(BadRecord {
+                    pos,
+                    reason: format!(
+                        "expected {width} fields as in the header, found {}",
+                        rec.len()
+                    ),
+                    raw: csv_raw_fields(rec),
+                });
+                continue;
+            }
+            let bytes = rec.as_slice();
+            match std::str::from_utf8(bytes) {
+                Ok(text) => {
+                    let mut ends = (0..rec.len()).map(|i| rec.range(i).map_or(0, |r| r.end));
+                    // Each field must be valid on its own, not only the concatenation.
+                    if ends.all(|e| text.is_char_boundary(e)) {
+                        let ends = (0..rec.len()).map(|i| rec.range(i).map_or(0, |r| r.end));
+                        batch.push_str_row(pos, text, ends);
+                        continue;
+                    }
+                    bad.push(BadRecord {
+                        pos,
+                        reason: "invalid UTF-8 in a field".into(),
+                        raw: csv_raw_fields(rec),
+                    });
+                }
+                Err(e) => {
+                    let field = (0..rec.len())
+                        .position(|i| rec.range(i).is_some_and(|r| r.end > e.valid_up_to()))
+                        .unwrap_or(0);
+                    let name = if field < batch.width() {
+                        batch.column_name(field)
+                    } else {
+                        "?"
+                    };
+                    bad.push(BadRecord {
+                        pos,
+                        reason: format!("invalid UTF-8 in field `{name}`"),
+                        raw: csv_raw_fields(rec),
+                    });
+                }
+            }
+        }
+        Ok(got_any || !batch.is_empty())
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.inner.position().byte()
+    }
+}
+
+/// Passes bytes through and remembers where the newlines are, so that a record's line
+/// can be computed from its byte offset. (csv-core's own line count misses a CRLF.) Only newlines the CSV parser has not yet passed are
+/// kept: at most one read buffer's worth.
+struct LineIndex<R> {
+    inner: R,
+    offset: u64,
+    newlines: std::collections::VecDeque<u64>,
+    line: u64,
+}
+
+impl<R> LineIndex<R> {
+    fn new(inner: R) -> LineIndex<R> {
+        LineIndex {
+            inner,
+            offset: 0,
+            newlines: std::collections::VecDeque::new(),
+            line: 1,
+        }
+    }
+
+    /// The 1-based line of byte `byte`; calls must come in non-decreasing byte order.
+    fn line_of(&mut self, byte: u64) -> u64 {
+        while let Some(&nl) = self.newlines.front() {
+            // `<=`: after a CRLF csv-core reports a record as starting on the `\n`.
+            if nl > byte {
+                break;
+            }
+            self.newlines.pop_front();
+            self.line += 1;
+        }
+        self.line
+    }
+}
+
+impl<R: Read> Read for LineIndex<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+            self.newlines.push_back(self.offset + i as u64);
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads one JSON object per line. Blank lines are skipped. Keys missing from a line are
+/// absent in its row; a key first seen mid-batch becomes a new column.
+pub struct JsonlReader<R> {
+    inner: R,
+    input: u32,
+    line_no: u64,
+    bytes: u64,
+    buf: Vec<u8>,
+    fields: Vec<(usize, Kind, usize, usize)>,
+    text: String,
+    new_names: Vec<String>,
+    done: bool,
+}
+
+impl<R: BufRead> JsonlReader<R> {
+    /// A reader over `input`, whose records are tagged with `input_index`.
+    pub fn new(input: R, input_index: u32) -> JsonlReader<R> {
+        JsonlReader {
+            inner: input,
+            input: input_index,
+            line_no: 0,
+            bytes: 0,
+            buf: Vec::with_capacity(1024),
+            fields: Vec::new(),
+            text: String::new(),
+            new_names: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Parses `line` into `self.fields` / `self.text`, resolving keys against `batch`'s
+    /// columns (new keys go to `self.new_names`, numbered after the batch's width).
+    fn parse_line(&mut self, line: &str, batch: &Batch) -> Result<(), String> {
+        self.fields.clear();
+        self.text.clear();
+        self.new_names.clear();
+        let mut de = serde_json::Deserializer::from_str(line);
+        let pairs = de
+            .deserialize_map(PairsVisitor)
+            .map_err(|e| json_reason(&e))?;
+        de.end().map_err(|e| json_reason(&e))?;
+        let width = batch.width();
+        for (i, (key, raw)) in pairs.iter().enumerate() {
+            // Keys usually come in the same order on every line: try the same column
+            // first.
+            let col = if i < width && batch.column_name(i) == key.as_ref() {
+                i
+            } else if let Some(c) = batch.column(key) {
+                c
+            } else if let Some(n) = self.new_names.iter().position(|n| n == key) {
+                width + n
+            } else {
+                self.new_names.push(key.to_string());
+                width + self.new_names.len() - 1
+            };
+            let raw = raw.get();
+            let (kind, text): (Kind, Cow<'_, str>) = match raw.as_bytes()[0] {
+                b'"' => {
+                    let inner = &raw[1..raw.len() - 1];
+                    if inner.contains('\\') {
+                        let s: String = serde_json::from_str(raw).map_err(|e| json_reason(&e))?;
+                        (Kind::Str, Cow::Owned(s))
+                    } else {
+                        (Kind::Str, Cow::Borrowed(inner))
+                    }
+                }
+                b't' | b'f' => (Kind::Bool, Cow::Borrowed(raw)),
+                b'n' => (Kind::Null, Cow::Borrowed("")),
+                b'{' | b'[' => (Kind::Json, Cow::Borrowed(raw)),
+                _ => {
+                    let is_int = !raw.contains(['.', 'e', 'E']) && raw.parse::<i64>().is_ok();
+                    (
+                        if is_int { Kind::Int } else { Kind::Float },
+                        Cow::Borrowed(raw),
+                    )
+                }
+            };
+            let start = self.text.len();
+            self.text.push_str(&text);
+            // A repeated key: the last value wins, as in serde_json's own maps.
+            if let Some(f) = self.fields.iter_mut().find(|f| f.0 == col) {
+                *f = (col, kind, start, text.len());
+            } else {
+                self.fields.push((col, kind, start, text.len()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json_reason(e: &serde_json::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(i) = msg.rfind(" at line ") {
+        // Each record is one line: the column is what helps.
+        msg = format!("{} at column {}", &msg[..i], e.column());
+    }
+    format!("invalid JSON: {msg}")
+}
+
+/// Collects an object's members without allocating for keys that need no unescaping.
+struct PairsVisitor;
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Visitor<'de> for PairsVisitor {
+    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+            pairs.push((k.0, v));
+        }
+        Ok(pairs)
+    }
+}
+
+impl<R: BufRead + Send> Reader for JsonlReader<R> {
+    fn read_batch(
+        &mut self,
+        batch: &mut Batch,
+        max: usize,
+        bad: &mut Vec<BadRecord>,
+    ) -> io::Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let mut got_any = false;
+        while batch.len() < max {
+            self.buf.clear();
+            let n = self.inner.read_until(b'\n', &mut self.buf)?;
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            got_any = true;
+            self.bytes += n as u64;
+            self.line_no += 1;
+            let pos = Pos {
+                input: self.input,
+                line: self.line_no,
+            };
+            let mut line = std::mem::take(&mut self.buf);
+            while matches!(line.last(), Some(b'\n' | b'\r')) {
+                line.pop();
+            }
+            if self.line_no == 1 && line.starts_with(b"\xEF\xBB\xBF") {
+                line.drain(..3);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                self.buf = line;
+                continue;
+            }
+            let parsed = match std::str::from_utf8(&line) {
+                Err(e) => Err(format!("invalid UTF-8 at column {}", e.valid_up_to() + 1)),
+                Ok(text) => self.parse_line(text, batch),
+            };
+            match parsed {
+                Ok(()) => {
+                    for name in std::mem::take(&mut self.new_names) {
+                        batch.add_column(&name);
+                    }
+                    batch.start_row(pos);
+                    for _ in 0..batch.width() {
+                        batch.push_raw(Kind::Absent, "");
+                    }
+                    for &(col, kind, start, len) in &self.fields {
+                        batch.set_open_cell(col, kind, &self.text[start..start + len]);
+                    }
+                    batch
+                        .end_row()
+                        .expect("a pre-filled row has exactly the batch's width");
+                }
+                Err(reason) => bad.push(BadRecord {
+                    pos,
+                    reason,
+                    raw: serde_json::Value::String(String::from_utf8_lossy(&line).into_owned()),
+                }),
+            }
+            self.buf = line;
+        }
+        Ok(got_any || !batch.is_empty())
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Writes batches.
+pub trait Writer: Send {
+    /// Writes every row of `batch`.
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), WriteError>;
+    /// Flushes buffered output.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Why a write failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The underlying writer failed (a closed pipe is `io::ErrorKind::BrokenPipe`).
+    Io(io::Error),
+    /// A row does not fit the output: a field appeared after the CSV header was written.
+    Schema(String),
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::Io(e) => write!(f, "write failed: {e}"),
+            WriteError::Schema(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl From<csv::Error> for WriteError {
+    fn from(e: csv::Error) -> Self {
+        match e.into_kind() {
+            csv::ErrorKind::Io(e) => WriteError::Io(e),
+            other => WriteError::Io(io::Error::other(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Makes the writer for `format` over `out`.
+pub fn writer<'w, W: Write + Send + 'w>(format: Format, out: W) -> Box<dyn Writer + 'w> {
+    match format {
+        Format::Csv => Box::new(CsvWriter::new(out)),
+        Format::Jsonl => Box::new(JsonlWriter::new(out)),
+    }
+}
+
+/// Writes CSV. The header is the columns of the first batch; later batches are matched
+/// to it by name (a missing field is an empty cell; a field the header lacks is an error,
+/// since CSV cannot grow a column mid-file).
+pub struct CsvWriter<W: Write> {
+    inner: csv::Writer<W>,
+    header: Option<Vec<String>>,
+    /// For the current batch's columns: the header slot of each, rebuilt on change.
+    order: Vec<Option<usize>>,
+    order_for: Vec<String>,
+}
+
+impl<W: Write> CsvWriter<W> {
+    /// A writer over `out`.
+    pub fn new(out: W) -> CsvWriter<W> {
+        CsvWriter {
+            inner: csv::WriterBuilder::new()
+                .buffer_capacity(1 << 16)
+                .from_writer(out),
+            header: None,
+            order: Vec::new(),
+            order_for: Vec::new(),
+        }
+    }
+
+    /// Flushes and returns the underlying writer.
+    pub fn into_inner(self) -> io::Result<W> {
+        self.inner.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl<W: Write + Send> Writer for CsvWriter<W> {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), WriteError> {
+        if batch.width() == 0 {
+            return Ok(());
+        }
+        let header = match &self.header {
+            Some(h) => h,
+            None => {
+                let h: Vec<String> = batch.columns().map(str::to_owned).collect();
+                self.inner.write_record(&h)?;
+                self.header.insert(h)
+            }
+        };
+        let direct = batch.columns().eq(header.iter().map(|s| s.as_str()));
+        if direct {
+            for row in batch.rows() {
+                self.inner
+                    .write_record((0..batch.width()).map(|c| row.raw(c).1.as_bytes()))?;
+            }
+            return Ok(());
+        }
+        if !batch
+            .columns()
+            .eq(self.order_for.iter().map(|s| s.as_str()))
+        {
+            self.order.clear();
+            for name in batch.columns() {
+                self.order.push(header.iter().position(|h| h == name));
+            }
+            self.order_for = batch.columns().map(str::to_owned).collect();
+        }
+        let mut slots: Vec<&str> = vec![""; header.len()];
+        for row in batch.rows() {
+            slots.iter_mut().for_each(|s| *s = "");
+            for (c, slot) in self.order.iter().enumerate() {
+                let (kind, text) = row.raw(c);
+                match slot {
+                    Some(i) => slots[*i] = text,
+                    None if kind == Kind::Absent => {}
+                    None => {
+                        return Err(WriteError::Schema(format!(
+                            "field `{}` first appears after the CSV header was written \
+                             (line {} of input {}); write JSON lines, or keep a fixed set of \
+                             fields with a `select` stage",
+                            batch.column_name(c),
+                            row.pos().line,
+                            row.pos().input + 1,
+                        )))
+                    }
+                }
+            }
+            self.inner
+                .write_record(slots.iter().map(|s| s.as_bytes()))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one JSON object per line, keys in column order, absent fields left out.
+pub struct JsonlWriter<W: Write> {
+    inner: io::BufWriter<W>,
+    keys: Vec<Vec<u8>>,
+    keys_for: Vec<String>,
+    line: Vec<u8>,
+}
+
+impl<W: Write> JsonlWriter<W> {
+    /// A writer over `out`.
+    pub fn new(out: W) -> JsonlWriter<W> {
+        JsonlWriter {
+            inner: io::BufWriter::with_capacity(1 << 16, out),
+            keys: Vec::new(),
+            keys_for: Vec::new(),
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Flushes and returns the underlying writer.
+    pub fn into_inner(self) -> io::Result<W> {
+        self.inner.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 0xf) as usize],
+                ]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends row `row` of `batch` as one JSON object (no newline), using pre-escaped keys.
+fn write_json_row(out: &mut Vec<u8>, keys: &[Vec<u8>], row: crate::batch::Row<'_>) {
+    out.push(b'{');
+    let mut first = true;
+    for (c, key) in keys.iter().enumerate() {
+        let (kind, text) = row.raw(c);
+        if kind == Kind::Absent {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(key);
+        out.push(b':');
+        match kind {
+            Kind::Str => write_json_str(out, text),
+            Kind::Null => out.extend_from_slice(b"null"),
+            _ => out.extend_from_slice(text.as_bytes()),
+        }
+    }
+    out.push(b'}');
+}
+
+/// One row as a JSON object's text (used for dead-letter lines and test output).
+pub fn row_to_json(row: crate::batch::Row<'_>) -> String {
+    let keys: Vec<Vec<u8>> = row
+        .batch()
+        .columns()
+        .map(|k| {
+            let mut v = Vec::new();
+            write_json_str(&mut v, k);
+            v
+        })
+        .collect();
+    let mut out = Vec::new();
+    write_json_row(&mut out, &keys, row);
+    String::from_utf8(out).expect("JSON text built from str is UTF-8")
+}
+
+impl<W: Write + Send> Writer for JsonlWriter<W> {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), WriteError> {
+        if !batch.columns().eq(self.keys_for.iter().map(|s| s.as_str())) {
+            self.keys.clear();
+            for k in batch.columns() {
+                let mut v = Vec::with_capacity(k.len() + 2);
+                write_json_str(&mut v, k);
+                self.keys.push(v);
+            }
+            self.keys_for = batch.columns().map(str::to_owned).collect();
+        }
+        for row in batch.rows() {
+            self.line.clear();
+            write_json_row(&mut self.line, &self.keys, row);
+            self.line.push(b'\n');
+            self.inner.write_all(&self.line)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(format: Format, text: &[u8]) -> (Vec<Batch>, Vec<BadRecord>) {
+        let mut r = reader(format, text, 0);
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        loop {
+            let mut b = Batch::new();
+            if !r.read_batch(&mut b, 2, &mut bad).unwrap() {
+                break;
+            }
+            out.push(b);
+        }
+        (out, bad)
+    }
+
+    fn write_all(format: Format, batches: &[Batch]) -> String {
+        let mut buf = Vec::new();
+        {
+            let mut w = writer(format, &mut buf);
+            for b in batches {
+                w.write_batch(b).unwrap();
+            }
+            w.flush().unwrap();
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn csv_round_trips_quotes_newlines_crlf_and_bom() {
+        let input = "\u{feff}id,note\r\n1,\"a, b\"\r\n2,\"say \"\"hi\"\"\"\r\n3,\"two\nlines\"\r\n";
+        let (batches, bad) = read_all(Format::Csv, input.as_bytes());
+        assert!(bad.is_empty());
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].column_name(0), "id");
+        assert_eq!(batches[1].row(0).get_str("note"), Some("two\nlines"));
+        assert_eq!(batches[1].row(0).pos().line, 4);
+        let out = write_all(Format::Csv, &batches);
+        assert_eq!(
+            out,
+            "id,note\n1,\"a, b\"\n2,\"say \"\"hi\"\"\"\n3,\"two\nlines\"\n"
+        );
+    }
+
+    #[test]
+    fn csv_bad_rows_are_reported_with_lines() {
+        let input = b"a,b\n1,2\n3\n4,\xff\n5,6\n";
+        let (batches, bad) = read_all(Format::Csv, input);
+        let rows: usize = batches.iter().map(|b| b.len()).sum();
+        assert_eq!(rows, 2);
+        assert_eq!(bad.len(), 2);
+        assert_eq!(bad[0].pos.line, 3);
+        assert!(
+            bad[0].reason.contains("expected 2 fields"),
+            "{}",
+            bad[0].reason
+        );
+        assert_eq!(bad[1].pos.line, 4);
+        assert!(
+            bad[1].reason.contains("invalid UTF-8 in field `b`"),
+            "{}",
+            bad[1].reason
+        );
+    }
+
+    #[test]
+    fn jsonl_keeps_types_order_and_nesting() {
+        let input = "{\"a\":1,\"b\":\"x\\\"y\",\"c\":[1, 2],\"d\":null,\"e\":true,\"f\":1.50}\n\n{\"b\":\"z\",\"g\":{\"h\":1}}\n";
+        let (batches, bad) = read_all(Format::Jsonl, input.as_bytes());
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(batches.len(), 1);
+        let out = write_all(Format::Jsonl, &batches);
+        assert_eq!(
+            out,
+            "{\"a\":1,\"b\":\"x\\\"y\",\"c\":[1, 2],\"d\":null,\"e\":true,\"f\":1.50}\n{\"b\":\"z\",\"g\":{\"h\":1}}\n"
+        );
+        assert_eq!(batches[0].row(1).pos().line, 3);
+    }
+
+    #[test]
+    fn jsonl_bad_lines_do_not_add_columns() {
+        let input = "{\"a\":1}\n[1]\n{\"zz\":1,\n{\"a\":2}\n\"s\"\n";
+        let (batches, bad) = read_all(Format::Jsonl, input.as_bytes());
+        assert_eq!(bad.len(), 3);
+        assert_eq!(bad[0].pos.line, 2);
+        assert!(
+            bad[0].reason.contains("expected a JSON object"),
+            "{}",
+            bad[0].reason
+        );
+        assert_eq!(batches[0].width(), 1);
+    }
+
+    #[test]
+    fn csv_writer_maps_later_schemas_by_name_and_refuses_new_fields() {
+        let mut a = Batch::with_columns(["x", "y"]);
+        a.start_row(Pos::default());
+        a.push_str("1");
+        a.push_str("2");
+        a.end_row().unwrap();
+        let mut b = Batch::with_columns(["y"]);
+        b.start_row(Pos::default());
+        b.push_str("3");
+        b.end_row().unwrap();
+        assert_eq!(write_all(Format::Csv, &[a.clone(), b]), "x,y\n1,2\n,3\n");
+        let mut c = Batch::with_columns(["z"]);
+        c.start_row(Pos::default());
+        c.push_str("3");
+        c.end_row().unwrap();
+        let mut buf = Vec::new();
+        let mut w = CsvWriter::new(&mut buf);
+        w.write_batch(&a).unwrap();
+        assert!(matches!(w.write_batch(&c), Err(WriteError::Schema(_))));
+    }
+}

@@ -1,0 +1,3 @@
+//! Writing a stage, start to finish.
+//!
+//! TODO
