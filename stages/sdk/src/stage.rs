@@ -225,13 +225,18 @@ pub fn new_instance<S: Stage>(config_json: &str) -> RResult<crate::abi::StageBox
 /// pipe_sdk::export_stage!(Dedup, name = "dedup", description = "drops repeats", stateful = true);
 /// ```
 ///
-/// The stage's version is its crate's version (`CARGO_PKG_VERSION`).
+/// The stage's version is its crate's version (`CARGO_PKG_VERSION`) unless
+/// `version = "..."` is given (after `stateful`).
 #[macro_export]
 macro_rules! export_stage {
-    ($ty:ty, name = $name:expr, description = $desc:expr $(,)?) => {
-        $crate::export_stage!($ty, name = $name, description = $desc, stateful = false);
-    };
-    ($ty:ty, name = $name:expr, description = $desc:expr, stateful = $stateful:expr $(,)?) => {
+    (
+        $ty:ty,
+        name = $name:expr,
+        description = $desc:expr
+        $(, stateful = $stateful:expr)?
+        $(, version = $version:expr)?
+        $(,)?
+    ) => {
         #[doc(hidden)]
         pub mod __pipe_stage_export {
             use super::*;
@@ -240,9 +245,14 @@ macro_rules! export_stage {
             extern "C" fn manifest() -> $crate::abi::Manifest {
                 $crate::abi::Manifest {
                     name: $name.into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
+                    version: {
+                        let v: &str = env!("CARGO_PKG_VERSION");
+                        $(let v: &str = $version;)?
+                        v
+                    }
+                    .into(),
                     description: $desc.into(),
-                    stateful: $stateful,
+                    stateful: false $(|| $stateful)?,
                     sdk_version: $crate::abi::SDK_VERSION.into(),
                 }
             }
