@@ -1,1 +1,27 @@
-//! pipe
+//! `pipe`, the host: it reads records, runs them through plugin stages and writes them
+//! out, and replaces stages while the data flows.
+//!
+//! # Layout
+//! - `config`: `pipelines.toml` → a validated, resolved [`config::PipelinePlan`].
+//! - `loader`: find, check (trust, sha256, ABI layout, manifest) and open plugins.
+//! - `engine`: one run end to end: reader, feeder, chain, sink; exit outcome.
+//! - `runtime`: the chain's dispatchers and workers, swap and drain markers, the
+//!   timeout watchdog.
+//! - `watch`: hot reload: file watching, debounce, side-by-side load, swap or rebuild.
+//! - `deadletter`: the dead-letter file.
+//! - `stats`: counters and the accounting identity.
+//! - `progress`: the progress bar.
+//! - `cli`, `commands`: the command line and the subcommands besides `run`.
+//! - `error`: errors that end a run.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod deadletter;
+pub mod engine;
+pub mod error;
+pub mod loader;
+pub mod progress;
+pub mod runtime;
+pub mod stats;
+pub mod watch;

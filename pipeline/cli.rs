@@ -1,0 +1,120 @@
+//! The command line (DESIGN §9): clap definitions and the subcommands other than the
+//! run itself. Flags are parsed in two phases, as in ripgrep: clap gives raw [`Cli`]
+//! values, then each command turns them into a validated plan before doing anything.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pipe_sdk::codec::Format;
+
+/// pipe: a stream processor whose stages are plugins you can replace while data flows.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipe",
+    version,
+    about,
+    after_help = "Examples:\n  \
+      cat orders.csv | pipe run                     run the `default` pipeline\n  \
+      pipe run clean in/*.csv -o out.jsonl          run `clean` on files, write JSON lines\n  \
+      pipe run --output-format jsonl < data.csv     convert (with a pipeline of no stages)\n  \
+      pipe check nightly                            load and check every stage of `nightly`\n  \
+      pipe stages                                   list the plugins pipe can find\n\n\
+      Config: -c FILE, else $PIPE_CONFIG, else ./pipelines.toml.\n\
+      Exit codes: 0 ok, 1 the run failed, 2 usage or configuration error, 130/143 interrupted."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CommandLine,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CommandLine {
+    /// Run a pipeline over stdin or files.
+    #[command(after_help = "PIPELINE may be left out: the first argument is taken as a \
+        pipeline name when the config defines one by that name, and as a file otherwise.\n\n\
+        Examples:\n  cat orders.csv | pipe run\n  pipe run paid samples/orders.csv --stats\n  \
+        pipe run samples/events.jsonl -o out.csv")]
+    Run(RunArgs),
+    /// Load every stage of a pipeline and check its config; exit 0 or 1.
+    Check(CheckArgs),
+    /// List the plugins found: name, version, path, ABI check.
+    Stages(StagesArgs),
+}
+
+/// `pipe run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline (default: `default`, else the only one), then input files (`-` is
+    /// stdin; none: stdin).
+    #[arg(value_name = "PIPELINE|FILE")]
+    pub args: Vec<String>,
+    /// The config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Write to FILE (atomically: a failed run leaves an existing FILE untouched).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Input format (default: from the file extension, else the pipeline's, else csv).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub input_format: Option<Format>,
+    /// Output format (default: from -o's extension, else the pipeline's, else the input's).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub output_format: Option<Format>,
+    /// Don't watch plugins and the config for changes (no hot reload).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Print per-stage counts at the end, as a table or as JSON (`--stats=json`).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "table")]
+    pub stats: Option<StatsFormat>,
+    /// Show a progress bar on stderr even when it is not a terminal.
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Records per batch.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Worker threads for every stateless stage.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Dead-letter file (overrides the pipeline's).
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
+}
+
+/// `--stats` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// A table for people.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// `pipe check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The pipeline (default: `default`, else the only one).
+    pub pipeline: Option<String>,
+    /// The config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `pipe stages`.
+#[derive(Debug, Args)]
+pub struct StagesArgs {
+    /// The config file (its plugin_dir is searched).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Also look in these directories.
+    #[arg(value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse()
+}

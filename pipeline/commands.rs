@@ -1,0 +1,130 @@
+//! The subcommands besides `run`'s engine: planning a run from the command line,
+//! `pipe check` and `pipe stages`, and the one way errors are printed.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{CheckArgs, StagesArgs};
+use crate::config::{config_path, PipelinePlan, PipelinesConfig};
+use crate::engine;
+use crate::loader::{self, Plugin};
+
+/// Prints `error` as `pipe: error: ...` and returns `code`.
+pub fn fail(code: u8, error: &dyn Display) -> u8 {
+    eprintln!("pipe: error: {error}");
+    code
+}
+
+/// Loads the config and picks the pipeline and the inputs from `pipe run`'s positional
+/// arguments: the first is the pipeline when the config defines one by that name.
+pub fn plan_run(
+    config: Option<&Path>,
+    args: &[String],
+) -> Result<(PipelinePlan, Vec<String>), Box<dyn std::error::Error>> {
+    let path = config_path(config);
+    let cfg = PipelinesConfig::load(&path)?;
+    let (name, files) = match args.first() {
+        Some(first) if cfg.pipelines.contains_key(first) => (first.clone(), args[1..].to_vec()),
+        _ => (cfg.select(&path, None)?, args.to_vec()),
+    };
+    Ok((cfg.plan(&path, &name)?, files))
+}
+
+/// `pipe check`: loads every stage of the pipeline with its config.
+pub fn check(args: CheckArgs) -> u8 {
+    let path = config_path(args.config.as_deref());
+    let plan = PipelinesConfig::load(&path).and_then(|cfg| {
+        let name = cfg.select(&path, args.pipeline.as_deref())?;
+        cfg.plan(&path, &name)
+    });
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => return fail(1, &e),
+    };
+    let setups = match engine::prepare(&plan.stages, engine::log_stderr) {
+        Ok(s) => s,
+        Err(e) => return fail(1, &e),
+    };
+    println!(
+        "pipeline `{}`{}: {} stage{}, ok",
+        plan.name,
+        plan.description
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+        setups.len(),
+        if setups.len() == 1 { "" } else { "s" }
+    );
+    for s in &setups {
+        println!(
+            "  {:<16} {:<10} {:<8} {} worker{}  {}",
+            s.spec.name,
+            s.plugin.manifest.name,
+            s.plugin.manifest.version,
+            s.instances.len(),
+            if s.instances.len() == 1 { " " } else { "s" },
+            s.plugin.path.display()
+        );
+    }
+    0
+}
+
+/// `pipe stages`: every plugin file in the search directories, loaded and checked.
+pub fn stages(args: StagesArgs) -> u8 {
+    let mut dirs: Vec<PathBuf> = args.dirs.clone();
+    let path = config_path(args.config.as_deref());
+    if let Ok(cfg) = PipelinesConfig::load(&path) {
+        if let Some(d) = &cfg.settings.plugin_dir {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            dirs.push(base.join(d));
+        }
+    }
+    if let Some(d) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        dirs.push(d);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut found = 0;
+    let mut broken = 0;
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    for dir in dirs {
+        let Ok(canon) = dir.canonicalize() else { continue };
+        if !seen.insert(canon.clone()) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files {
+            let Some(fname) = f.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(stem) = fname.strip_suffix(DLL_SUFFIX) else { continue };
+            let name = stem.strip_prefix(DLL_PREFIX).unwrap_or(stem);
+            found += 1;
+            match Plugin::load(name, &f, None) {
+                Ok(p) => println!(
+                    "{:<12} {:<8} ok   {}  {}",
+                    p.manifest.name,
+                    p.manifest.version,
+                    f.display(),
+                    p.manifest.description
+                ),
+                Err(e) => {
+                    broken += 1;
+                    println!("{name:<12} {:<8} FAIL {}", "?", e);
+                }
+            }
+        }
+    }
+    if found == 0 {
+        eprintln!(
+            "pipe: no plugins found; build them with `cargo build --release` or set \
+             settings.plugin_dir"
+        );
+        return 1;
+    }
+    let _ = loader::libraries_mapped();
+    if broken > 0 {
+        1
+    } else {
+        0
+    }
+}

@@ -1,0 +1,482 @@
+//! `pipelines.toml`: the file format (DESIGN §10), its validation, and the resolved
+//! [`Plan`] a run is built from.
+//!
+//! Parsing is two-phase, like ripgrep's flags: serde turns the TOML into `*Config`
+//! structs (unknown keys are errors with line and column), then [`PipelinesConfig::plan`]
+//! checks what serde cannot (unique stage names, a `plugin` xor a `command`, worker
+//! counts) and resolves paths relative to the config file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pipe_sdk::codec::Format;
+use serde::Deserialize;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelinesConfig {
+    /// Settings shared by every pipeline.
+    #[serde(default)]
+    pub settings: SettingsConfig,
+    /// The pipelines by name.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// `[settings]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsConfig {
+    /// Where plugins are looked for after a stage's own `path`; relative to the config
+    /// file.
+    pub plugin_dir: Option<PathBuf>,
+    /// Records per batch (default 1024).
+    pub batch_size: Option<usize>,
+    /// Batches each inter-stage channel holds (default 4).
+    pub channel_capacity: Option<usize>,
+    /// Watch plugins and this file for changes while running (default true).
+    pub watch: Option<bool>,
+    /// How long a changed file must stay quiet before it is reloaded, in ms (default 300).
+    pub debounce_ms: Option<u64>,
+}
+
+/// `[pipelines.NAME]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// One line for `pipe check` and `--help` listings.
+    pub description: Option<String>,
+    /// Input format when neither a flag nor a file extension says.
+    pub input: Option<Format>,
+    /// Output format when neither a flag nor `-o`'s extension says.
+    pub output: Option<Format>,
+    /// Dead-letter file (relative to the working directory).
+    pub dead_letter: Option<PathBuf>,
+    /// Policy for records the source cannot read.
+    pub on_bad_input: Option<Policy>,
+    /// The stages, in order.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+}
+
+/// One `[[pipelines.NAME.stages]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The plugin's name: `lib<plugin>.so` is looked for.
+    pub plugin: Option<String>,
+    /// A process stage: the program and its arguments.
+    pub command: Option<Vec<String>>,
+    /// Unique name in the pipeline; defaults to the plugin's.
+    pub name: Option<String>,
+    /// A directory (or the file itself) to look in first; relative to the config file.
+    pub path: Option<PathBuf>,
+    /// Worker threads (default 1; stateful stages always run 1).
+    pub workers: Option<usize>,
+    /// What to do with a row the stage rejects or fails on (default fail).
+    pub on_error: Option<Policy>,
+    /// Longest time one batch may take, in ms (default: no limit).
+    pub timeout_ms: Option<u64>,
+    /// Expected SHA-256 of the plugin file, hex; checked at every load.
+    pub sha256: Option<String>,
+    /// The stage's own config, handed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// What happens to a record that cannot be read or processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Stop the run with an error (exit 1).
+    #[default]
+    Fail,
+    /// Count it and drop it.
+    Skip,
+    /// Write it to the dead-letter file, count it, go on.
+    DeadLetter,
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Fail => "fail",
+            Policy::Skip => "skip",
+            Policy::DeadLetter => "dead-letter",
+        })
+    }
+}
+
+/// A config that cannot be used: what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not fit the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// The content is inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where (pipeline, stage).
+        message: String,
+    },
+}
+
+/// What runs one stage: a plugin library or a child process.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageKind {
+    /// A `cdylib` plugin called `plugin`, searched in `search` (in order).
+    Plugin {
+        /// The plugin name.
+        plugin: String,
+        /// Directories or files to look in, in order.
+        search: Vec<PathBuf>,
+    },
+    /// A child process speaking the process-stage protocol.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+}
+
+/// One stage, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSpec {
+    /// The stage's unique name in the pipeline.
+    pub name: String,
+    /// What runs it.
+    pub kind: StageKind,
+    /// Worker threads requested.
+    pub workers: usize,
+    /// Error policy.
+    pub on_error: Policy,
+    /// Per-batch time limit.
+    pub timeout: Option<Duration>,
+    /// Pinned SHA-256 (lower-case hex).
+    pub sha256: Option<String>,
+    /// The stage's config as JSON text.
+    pub config_json: String,
+}
+
+impl StageSpec {
+    /// The plugin name, or the program for process stages.
+    pub fn plugin_label(&self) -> &str {
+        match &self.kind {
+            StageKind::Plugin { plugin, .. } => plugin,
+            StageKind::Command { argv } => argv.first().map_or("?", |s| s.as_str()),
+        }
+    }
+}
+
+/// A pipeline resolved against its config file.
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    /// The pipeline's name.
+    pub name: String,
+    /// The pipeline's description.
+    pub description: Option<String>,
+    /// The config file it came from.
+    pub config_path: PathBuf,
+    /// Default input format.
+    pub input: Option<Format>,
+    /// Default output format.
+    pub output: Option<Format>,
+    /// Dead-letter file.
+    pub dead_letter: Option<PathBuf>,
+    /// Source policy.
+    pub on_bad_input: Policy,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Channel capacity in batches.
+    pub channel_capacity: usize,
+    /// Watch for changes.
+    pub watch: bool,
+    /// Quiet time before a reload.
+    pub debounce: Duration,
+    /// The stages.
+    pub stages: Vec<StageSpec>,
+}
+
+/// Where the config is: `-c`, else `$PIPE_CONFIG`, else `./pipelines.toml`.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("PIPE_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("pipelines.toml"),
+    }
+}
+
+impl PipelinesConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<PipelinesConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        PipelinesConfig::parse(path, &text)
+    }
+
+    /// Parses config text; `path` is for messages.
+    pub fn parse(path: &Path, text: &str) -> Result<PipelinesConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: toml_message(&e, text),
+        })
+    }
+
+    /// The pipeline to run: `name`, else `default`, else the only one.
+    pub fn select(&self, path: &Path, name: Option<&str>) -> Result<String, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let names = || {
+            self.pipelines
+                .keys()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) if self.pipelines.contains_key(n) => Ok(n.to_string()),
+            Some(n) => Err(invalid(format!(
+                "no pipeline `{n}`; the file defines: {}",
+                if self.pipelines.is_empty() {
+                    "none".to_string()
+                } else {
+                    names()
+                }
+            ))),
+            None if self.pipelines.contains_key("default") => Ok("default".into()),
+            None if self.pipelines.len() == 1 => {
+                Ok(self.pipelines.keys().next().cloned().unwrap_or_default())
+            }
+            None if self.pipelines.is_empty() => {
+                Err(invalid("defines no pipelines: add a [pipelines.default] table".into()))
+            }
+            None => Err(invalid(format!(
+                "no `default` pipeline; name one of: {}",
+                names()
+            ))),
+        }
+    }
+
+    /// Resolves pipeline `name` (which must exist) into a plan.
+    pub fn plan(&self, path: &Path, name: &str) -> Result<PipelinePlan, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let p = self
+            .pipelines
+            .get(name)
+            .ok_or_else(|| invalid(format!("no pipeline `{name}`")))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let s = &self.settings;
+        let batch_size = s.batch_size.unwrap_or(1024);
+        if batch_size == 0 || batch_size > 1 << 20 {
+            return Err(invalid(format!(
+                "settings.batch_size must be between 1 and 1048576, not {batch_size}"
+            )));
+        }
+        let channel_capacity = s.channel_capacity.unwrap_or(4);
+        if channel_capacity == 0 {
+            return Err(invalid("settings.channel_capacity must be at least 1".into()));
+        }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf));
+        let mut stages = Vec::with_capacity(p.stages.len());
+        for (i, st) in p.stages.iter().enumerate() {
+            let at = |what: String| invalid(format!("pipelines.{name}.stages[{i}]: {what}"));
+            let kind = match (&st.plugin, &st.command) {
+                (Some(plugin), None) => {
+                    if plugin.is_empty() || plugin.contains(['/', '\\']) {
+                        return Err(at(format!(
+                            "plugin `{plugin}` must be a bare name like `filter`; put the \
+                             directory in `path`"
+                        )));
+                    }
+                    let mut search = Vec::new();
+                    if let Some(dir) = &st.path {
+                        search.push(base.join(dir));
+                    }
+                    if let Some(dir) = &s.plugin_dir {
+                        search.push(base.join(dir));
+                    }
+                    if let Some(dir) = &exe_dir {
+                        search.push(dir.clone());
+                    }
+                    StageKind::Plugin {
+                        plugin: plugin.clone(),
+                        search,
+                    }
+                }
+                (None, Some(argv)) if !argv.is_empty() => StageKind::Command { argv: argv.clone() },
+                (None, Some(_)) => return Err(at("`command` is empty".into())),
+                (Some(_), Some(_)) => {
+                    return Err(at("give either `plugin` or `command`, not both".into()))
+                }
+                (None, None) => {
+                    return Err(at("needs `plugin = \"NAME\"` (or `command = [...]`)".into()))
+                }
+            };
+            let stage_name = st.name.clone().unwrap_or_else(|| match &kind {
+                StageKind::Plugin { plugin, .. } => plugin.clone(),
+                StageKind::Command { argv } => Path::new(&argv[argv.len().min(2) - 1])
+                    .file_stem()
+                    .map_or_else(|| format!("stage{i}"), |s| s.to_string_lossy().into_owned()),
+            });
+            if stages.iter().any(|x: &StageSpec| x.name == stage_name) {
+                return Err(at(format!(
+                    "stage name `{stage_name}` is used twice; give one a `name = \"...\"`"
+                )));
+            }
+            let workers = st.workers.unwrap_or(1);
+            if workers == 0 || workers > 256 {
+                return Err(at(format!("workers must be between 1 and 256, not {workers}")));
+            }
+            if st.timeout_ms == Some(0) {
+                return Err(at("timeout_ms must be at least 1".into()));
+            }
+            let sha256 = match &st.sha256 {
+                Some(h) => {
+                    let h = h.trim().to_ascii_lowercase();
+                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(at("sha256 must be 64 hex digits".into()));
+                    }
+                    Some(h)
+                }
+                None => None,
+            };
+            let config_json = serde_json::to_string(&st.config)
+                .map_err(|e| at(format!("config cannot be passed on as JSON: {e}")))?;
+            stages.push(StageSpec {
+                name: stage_name,
+                kind,
+                workers,
+                on_error: st.on_error.unwrap_or_default(),
+                timeout: st.timeout_ms.map(Duration::from_millis),
+                sha256,
+                config_json,
+            });
+        }
+        Ok(PipelinePlan {
+            name: name.to_string(),
+            description: p.description.clone(),
+            config_path: path.to_path_buf(),
+            input: p.input,
+            output: p.output,
+            dead_letter: p.dead_letter.clone(),
+            on_bad_input: p.on_bad_input.unwrap_or_default(),
+            batch_size,
+            channel_capacity,
+            watch: s.watch.unwrap_or(true),
+            debounce: Duration::from_millis(s.debounce_ms.unwrap_or(300)),
+            stages,
+        })
+    }
+}
+
+/// toml's error as one or two lines: "line 12, column 3: unknown field `wokers`, expected
+/// one of ...".
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let upto = &text[..span.start.min(text.len())];
+            let line = upto.matches('\n').count() + 1;
+            let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Result<PipelinePlan, ConfigError> {
+        let path = Path::new("conf/pipelines.toml");
+        let c = PipelinesConfig::parse(path, text)?;
+        let name = c.select(path, None)?;
+        c.plan(path, &name)
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_column() {
+        let err = plan("[pipelines.default]\n[[pipelines.default.stages]]\nplugin = \"filter\"\nwokers = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4, column 1"), "{err}");
+        assert!(err.contains("wokers"), "{err}");
+    }
+
+    #[test]
+    fn stage_defaults_and_paths_resolve_against_the_config_dir() {
+        let p = plan(
+            "[settings]\nplugin_dir = \"plugins\"\n[pipelines.default]\n[[pipelines.default.stages]]\nplugin = \"filter\"\npath = \"mine\"\nconfig = { where = \"a > 1\", z = 1, b = 2 }\n",
+        )
+        .unwrap();
+        let s = &p.stages[0];
+        assert_eq!(s.name, "filter");
+        assert_eq!(s.workers, 1);
+        assert_eq!(s.on_error, Policy::Fail);
+        match &s.kind {
+            StageKind::Plugin { search, .. } => {
+                assert_eq!(search[0], Path::new("conf/mine"));
+                assert_eq!(search[1], Path::new("conf/plugins"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Key order is kept: compute applies `set` in the order written.
+        assert_eq!(s.config_json, r#"{"where":"a > 1","z":1,"b":2}"#);
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_plugin_are_errors() {
+        let dup = plan("[pipelines.x]\n[[pipelines.x.stages]]\nplugin = \"a\"\n[[pipelines.x.stages]]\nplugin = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(dup.contains("used twice"), "{dup}");
+        let none = plan("[pipelines.x]\n[[pipelines.x.stages]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("pipelines.x.stages[0]: needs `plugin"), "{none}");
+    }
+
+    #[test]
+    fn pipeline_selection() {
+        let path = Path::new("p.toml");
+        let c = PipelinesConfig::parse(path, "[pipelines.a]\n[pipelines.b]\n").unwrap();
+        assert!(c.select(path, None).unwrap_err().to_string().contains("a, b"));
+        assert_eq!(c.select(path, Some("b")).unwrap(), "b");
+        assert!(c.select(path, Some("zz")).is_err());
+        let one = PipelinesConfig::parse(path, "[pipelines.only]\n").unwrap();
+        assert_eq!(one.select(path, None).unwrap(), "only");
+    }
+}

@@ -1,0 +1,94 @@
+//! The dead-letter file: one JSON object per rejected or unreadable record.
+//!
+//! ```json
+//! {"stage":"validate","error":"field `amount`: expected a float, got `x`","input":"orders.csv","line":12,"record":{"id":"7","amount":"x"}}
+//! ```
+//!
+//! `stage` is `source` for records the reader could not read; their `record` is the
+//! raw line (JSON lines) or the array of fields (CSV). The file is created on the first
+//! rejected record, appended to if it exists, and flushed at the end of the run. Lines
+//! from stages with several workers may interleave out of input order; each line is
+//! written whole.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Where dead letters go. Cheap to share (`Arc`); writes are serialised.
+pub struct DeadLetter {
+    path: Option<PathBuf>,
+    file: Mutex<Option<BufWriter<File>>>,
+    inputs: Vec<String>,
+}
+
+impl DeadLetter {
+    /// A dead-letter sink writing to `path` (none: `dead-letter` policies are refused at
+    /// plan time). `inputs` names the run's inputs by index.
+    pub fn new(path: Option<PathBuf>, inputs: Vec<String>) -> DeadLetter {
+        DeadLetter {
+            path,
+            file: Mutex::new(None),
+            inputs,
+        }
+    }
+
+    /// The name of input `i` (as given on the command line, `-` for stdin).
+    pub fn input_name(&self, i: u32) -> &str {
+        self.inputs.get(i as usize).map_or("?", |s| s.as_str())
+    }
+
+    /// The file, if any.
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.path.as_ref()
+    }
+
+    /// Appends one record. `record_json` must be JSON text.
+    pub fn write(
+        &self,
+        stage: &str,
+        error: &str,
+        pos: pipe_sdk::Pos,
+        record_json: &str,
+    ) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Err(std::io::Error::other(
+                "no dead-letter file configured (set `dead_letter` or --dead-letter)",
+            ));
+        };
+        let mut line = Vec::with_capacity(record_json.len() + 128);
+        line.extend_from_slice(b"{\"stage\":");
+        pipe_sdk::codec::write_json_str(&mut line, stage);
+        line.extend_from_slice(b",\"error\":");
+        pipe_sdk::codec::write_json_str(&mut line, error);
+        if pos.line > 0 {
+            line.extend_from_slice(b",\"input\":");
+            pipe_sdk::codec::write_json_str(&mut line, self.input_name(pos.input));
+            line.extend_from_slice(format!(",\"line\":{}", pos.line).as_bytes());
+        }
+        line.extend_from_slice(b",\"record\":");
+        line.extend_from_slice(record_json.as_bytes());
+        line.extend_from_slice(b"}\n");
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("dead-letter file {}: {e}", path.display()))
+                })?;
+            *guard = Some(BufWriter::new(f));
+        }
+        guard.as_mut().expect("opened above").write_all(&line)
+    }
+
+    /// Flushes what was written.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}

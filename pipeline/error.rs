@@ -1,0 +1,68 @@
+//! Errors that end a run, each saying what happened, where, and what to do.
+
+/// A run that cannot go on (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A stage rejected or failed on a record under `on_error = "fail"`.
+    #[error(
+        "stage `{stage}` failed on the record at {input}:{line}: {reason}\n\
+         (on_error = \"fail\" stops the run; set on_error = \"skip\" or \"dead-letter\" on the stage to go on)"
+    )]
+    Rejected {
+        /// The stage.
+        stage: String,
+        /// The input file (`-` for stdin).
+        input: String,
+        /// The record's line.
+        line: u64,
+        /// The stage's reason.
+        reason: String,
+    },
+    /// The source could not read a record under `on_bad_input = "fail"`.
+    #[error(
+        "bad input at {input}:{line}: {reason}\n\
+         (on_bad_input = \"fail\" stops the run; set on_bad_input = \"skip\" or \"dead-letter\" in the pipeline to go on)"
+    )]
+    BadInput {
+        /// The input file.
+        input: String,
+        /// The line.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stage took longer than its `timeout_ms` on one batch.
+    #[error(
+        "stage `{stage}` took more than {limit_ms} ms on the batch starting at {input}:{line} and \
+         may be hung; stopping the run (raise timeout_ms if the stage is just slow)"
+    )]
+    Timeout {
+        /// The stage.
+        stage: String,
+        /// Its limit.
+        limit_ms: u64,
+        /// Input of the batch's first record.
+        input: String,
+        /// Line of the batch's first record.
+        line: u64,
+    },
+    /// A stage failed outside a batch (finish, re-creation after a panic).
+    #[error("stage `{stage}` {message}")]
+    Stage {
+        /// The stage.
+        stage: String,
+        /// What failed.
+        message: String,
+    },
+    /// Reading, writing or the dead-letter file failed.
+    #[error("{what}: {message}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS's words.
+        message: String,
+    },
+    /// Output rows do not fit the output format.
+    #[error("cannot write the output: {0}")]
+    Output(String),
+}

@@ -1,0 +1,358 @@
+//! Hot reload (DESIGN §7): watch the plugin files and the config, load a changed
+//! version side by side, and hand it to the feeder as a swap or a rebuild.
+//!
+//! The `notify` watcher only sends events; one coordinator thread owns all reload
+//! decisions, one at a time, so two changes never race each other. Watches are on the
+//! *directories* of the config and of each plugin file (non-recursive), because cargo and
+//! most deploy tools replace a file by renaming a new one over it, and a delete-then-
+//! create would end a watch on the file itself.
+//!
+//! Debounce: a path is acted on once no event has arrived for it for `debounce_ms`
+//! (default 300 ms, `settings.debounce_ms`): long enough for `cp` or a linker to finish
+//! writing, short enough to feel immediate. A file that still fails to load (say, it was
+//! half-written) is reported and the old version keeps running; the next change retries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::{PipelinePlan, PipelinesConfig, StageKind, StageSpec};
+use crate::engine::{effective_workers, load_stage, prepare, Command};
+use crate::loader::{self, Plugin};
+use crate::runtime::{SwapOrder, SwapOutcome};
+use crate::stats::RunStats;
+
+/// Keeps the watcher alive; dropping it stops watching.
+pub struct WatchHandle {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// A stage as the coordinator knows it.
+struct Live {
+    spec: StageSpec,
+    path: PathBuf,
+    plugin: Arc<Plugin>,
+    workers: usize,
+}
+
+struct Coordinator {
+    plan: PipelinePlan,
+    stages: Vec<Live>,
+    config_path: PathBuf,
+    commands: Sender<Command>,
+    stats: Arc<RunStats>,
+    log: fn(&str),
+}
+
+/// Absolute, with the directory canonicalised (the file itself may not exist).
+fn normalise(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| abs.clone()),
+        _ => abs,
+    }
+}
+
+/// Starts watching the plan's config and plugins.
+pub fn start(
+    plan: PipelinePlan,
+    commands: Sender<Command>,
+    stats: Arc<RunStats>,
+    log: fn(&str),
+) -> Result<WatchHandle, String> {
+    let (tx, rx) = unbounded::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
+    })
+    .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+
+    let mut stages = Vec::new();
+    for spec in &plan.stages {
+        let StageKind::Plugin { plugin, search } = &spec.kind else {
+            continue;
+        };
+        // The run has just loaded these; find them again for their paths.
+        let path = loader::find(plugin, search).map_err(|e| e.to_string())?;
+        let loaded = load_stage(spec).map_err(|e| e.to_string())?;
+        stages.push(Live {
+            workers: effective_workers(spec, &loaded),
+            spec: spec.clone(),
+            path: normalise(&path),
+            plugin: loaded,
+        });
+    }
+    let config_path = normalise(&plan.config_path);
+    let mut dirs = BTreeSet::new();
+    dirs.insert(config_path.parent().map(Path::to_path_buf).unwrap_or_default());
+    for s in &stages {
+        dirs.insert(s.path.parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    for d in &dirs {
+        watcher
+            .watch(d, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
+    }
+    let coordinator = Coordinator {
+        plan,
+        stages,
+        config_path,
+        commands,
+        stats,
+        log,
+    };
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || coordinator.run(rx, watcher_dirs(dirs)))
+        .map_err(|e| e.to_string())?;
+    Ok(WatchHandle { _watcher: watcher })
+}
+
+fn watcher_dirs(d: BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    d
+}
+
+impl Coordinator {
+    fn run(mut self, events: Receiver<PathBuf>, _dirs: BTreeSet<PathBuf>) {
+        let debounce = self.plan.debounce;
+        let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
+        loop {
+            let wait = pending
+                .values()
+                .map(|t| (*t + debounce).saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or(Duration::from_secs(3600));
+            match events.recv_timeout(wait) {
+                Ok(p) => {
+                    let p = normalise(&p);
+                    if self.is_watched(&p) {
+                        pending.insert(p, Instant::now());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            let ready: Vec<PathBuf> = pending
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) >= debounce)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in ready {
+                pending.remove(&p);
+                if p == self.config_path {
+                    self.reload_config();
+                } else {
+                    self.reload_plugin(&p);
+                }
+                if self.commands_closed() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn commands_closed(&self) -> bool {
+        // The feeder drops its receiver at end of stream; a send would fail. There is
+        // no cheap probe, so the coordinator just keeps going: its sends fail quietly.
+        false
+    }
+
+    fn is_watched(&self, p: &Path) -> bool {
+        p == self.config_path || self.stages.iter().any(|s| s.path == p)
+    }
+
+    /// A plugin file changed: swap every stage that runs it.
+    fn reload_plugin(&mut self, path: &Path) {
+        let idx: Vec<usize> = (0..self.stages.len())
+            .filter(|&i| self.stages[i].path == path)
+            .collect();
+        for i in idx {
+            let spec = self.stages[i].spec.clone();
+            self.swap(i, spec, None);
+        }
+    }
+
+    /// Loads (unless `plugin` is given), instantiates and swaps stage `i`.
+    fn swap(&mut self, i: usize, spec: StageSpec, plugin: Option<Arc<Plugin>>) {
+        let live = &self.stages[i];
+        let name = live.spec.name.clone();
+        let stats = self.stats.stage(&name, live.workers);
+        let refuse = |why: String| {
+            stats
+                .swaps_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (self.log)(&format!(
+                "reload of stage `{name}` refused, version {} keeps running: {why}",
+                live.plugin.manifest.version
+            ));
+        };
+        let StageKind::Plugin { plugin: plugin_name, .. } = &spec.kind else {
+            return;
+        };
+        let plugin = match plugin {
+            Some(p) => p,
+            None => match Plugin::load(plugin_name, &live.path, spec.sha256.as_deref()) {
+                Ok(p) => Arc::new(p),
+                Err(e) => return refuse(e.to_string()),
+            },
+        };
+        if plugin.manifest.stateful && live.workers > 1 {
+            return refuse(format!(
+                "the new version is stateful but the stage runs {} workers; restart the run",
+                live.workers
+            ));
+        }
+        let mut instances = Vec::with_capacity(live.workers);
+        for _ in 0..live.workers {
+            match plugin.instantiate(&spec.config_json) {
+                Ok(inst) => instances.push(inst),
+                Err(e) => return refuse(e.to_string()),
+            }
+        }
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded::<SwapOutcome>(1);
+        let order = Arc::new(SwapOrder::new(plugin.clone(), spec.clone(), instances, reply_tx));
+        if self
+            .commands
+            .send(Command::Swap {
+                stage: name.clone(),
+                order,
+            })
+            .is_err()
+        {
+            return; // the run is ending
+        }
+        match reply_rx.recv() {
+            Ok(out) => {
+                if let Some(why) = out.refused {
+                    (self.log)(&format!(
+                        "swap of stage `{}` refused at the last step, version {} keeps running: {why}",
+                        out.stage, out.from
+                    ));
+                    return;
+                }
+                (self.log)(&format!(
+                    "swapped stage `{}` {} -> {} ({}): drained {} batch{}, paused {:.2} ms, {}",
+                    out.stage,
+                    out.from,
+                    out.to,
+                    plugin.path.display(),
+                    out.drained,
+                    if out.drained == 1 { "" } else { "es" },
+                    out.pause.as_secs_f64() * 1e3,
+                    out.state,
+                ));
+                let live = &mut self.stages[i];
+                live.plugin = plugin;
+                live.spec = spec;
+            }
+            Err(_) => {} // the stream ended before the marker reached the stage
+        }
+    }
+
+    /// The config changed: apply stage config changes as swaps, chain changes as a
+    /// rebuild; refuse anything invalid.
+    fn reload_config(&mut self) {
+        let name = self.plan.name.clone();
+        let new_plan = PipelinesConfig::load(&self.plan.config_path).and_then(|c| {
+            if !c.pipelines.contains_key(&name) {
+                return Err(crate::config::ConfigError::Invalid {
+                    path: self.plan.config_path.clone(),
+                    message: format!("pipeline `{name}` is gone from the file"),
+                });
+            }
+            c.plan(&self.plan.config_path, &name)
+        });
+        let new_plan = match new_plan {
+            Ok(p) => p,
+            Err(e) => {
+                (self.log)(&format!("config change ignored, the pipeline runs on unchanged: {e}"));
+                return;
+            }
+        };
+        if new_plan.batch_size != self.plan.batch_size
+            || new_plan.channel_capacity != self.plan.channel_capacity
+            || new_plan.on_bad_input != self.plan.on_bad_input
+            || new_plan.dead_letter != self.plan.dead_letter
+        {
+            (self.log)("changes to [settings] and to the pipeline's own keys apply to the next run");
+        }
+        let old: Vec<&StageSpec> = self.stages.iter().map(|s| &s.spec).collect();
+        let same_shape = old.len() == new_plan.stages.len()
+            && old.iter().zip(&new_plan.stages).all(|(a, b)| {
+                a.name == b.name && a.kind == b.kind && a.workers == b.workers
+            });
+        if same_shape {
+            let changed: Vec<usize> = (0..old.len())
+                .filter(|&i| *old[i] != new_plan.stages[i])
+                .collect();
+            for i in changed {
+                let spec = new_plan.stages[i].clone();
+                // Same file: reuse the loaded plugin unless the pin changed.
+                let plugin = (spec.sha256 == self.stages[i].spec.sha256)
+                    .then(|| self.stages[i].plugin.clone());
+                self.swap(i, spec, plugin);
+            }
+            self.plan = new_plan;
+            return;
+        }
+        // The chain itself changed: load everything first, then drain and rebuild.
+        let setups = match prepare(&new_plan.stages, self.log) {
+            Ok(s) => s,
+            Err(e) => {
+                (self.log)(&format!("config change ignored, the pipeline runs on unchanged: {e}"));
+                return;
+            }
+        };
+        let mut live = Vec::new();
+        for s in &setups {
+            let StageKind::Plugin { plugin, search } = &s.spec.kind else {
+                continue;
+            };
+            let Ok(path) = loader::find(plugin, search) else {
+                continue;
+            };
+            live.push(Live {
+                spec: s.spec.clone(),
+                path: normalise(&path),
+                plugin: s.plugin.clone(),
+                workers: s.instances.len(),
+            });
+        }
+        let before: Vec<String> = self.stages.iter().map(|s| s.spec.name.clone()).collect();
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        if self
+            .commands
+            .send(Command::Rebuild {
+                stages: setups,
+                done: done_tx,
+            })
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(names) = done_rx.recv() {
+            (self.log)(&format!(
+                "pipeline `{}` rebuilt: [{}] -> [{}]",
+                self.plan.name,
+                before.join(" -> "),
+                names.join(" -> ")
+            ));
+            self.stages = live;
+            self.plan = new_plan;
+        }
+    }
+}
