@@ -23,6 +23,13 @@ use pipe_sdk::codec::Format;
       Exit codes: 0 ok, 1 the run failed, 2 usage or configuration error, 130/143 interrupted."
 )]
 pub struct Cli {
+    /// More messages on stderr (-v: debug, -vv: trace). PIPE_LOG or RUST_LOG (e.g.
+    /// `PIPE_LOG=debug`) set the level when neither -v nor -q is given.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr (-qq: errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: CommandLine,
@@ -32,10 +39,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CommandLine {
     /// Run a pipeline over stdin or files.
-    #[command(after_help = "PIPELINE may be left out: the first argument is taken as a \
+    #[command(
+        after_help = "PIPELINE may be left out: the first argument is taken as a \
         pipeline name when the config defines one by that name, and as a file otherwise.\n\n\
         Examples:\n  cat orders.csv | pipe run\n  pipe run paid samples/orders.csv --stats\n  \
-        pipe run samples/events.jsonl -o out.csv")]
+        pipe run samples/events.jsonl -o out.csv"
+    )]
     Run(RunArgs),
     /// Load every stage of a pipeline and check its config; exit 0 or 1.
     Check(CheckArgs),

@@ -75,11 +75,17 @@ pub fn stages(args: StagesArgs) -> u8 {
     let path = config_path(args.config.as_deref());
     if let Ok(cfg) = PipelinesConfig::load(&path) {
         if let Some(d) = &cfg.settings.plugin_dir {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             dirs.push(base.join(d));
         }
     }
-    if let Some(d) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(d);
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -87,16 +93,24 @@ pub fn stages(args: StagesArgs) -> u8 {
     let mut broken = 0;
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     for dir in dirs {
-        let Ok(canon) = dir.canonicalize() else { continue };
+        let Ok(canon) = dir.canonicalize() else {
+            continue;
+        };
         if !seen.insert(canon.clone()) {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for f in files {
-            let Some(fname) = f.file_name().and_then(|n| n.to_str()) else { continue };
-            let Some(stem) = fname.strip_suffix(DLL_SUFFIX) else { continue };
+            let Some(fname) = f.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = fname.strip_suffix(DLL_SUFFIX) else {
+                continue;
+            };
             let name = stem.strip_prefix(DLL_PREFIX).unwrap_or(stem);
             found += 1;
             match Plugin::load(name, &f, None) {

@@ -270,9 +270,9 @@ impl PipelinesConfig {
             None if self.pipelines.len() == 1 => {
                 Ok(self.pipelines.keys().next().cloned().unwrap_or_default())
             }
-            None if self.pipelines.is_empty() => {
-                Err(invalid("defines no pipelines: add a [pipelines.default] table".into()))
-            }
+            None if self.pipelines.is_empty() => Err(invalid(
+                "defines no pipelines: add a [pipelines.default] table".into(),
+            )),
             None => Err(invalid(format!(
                 "no `default` pipeline; name one of: {}",
                 names()
@@ -304,7 +304,9 @@ impl PipelinesConfig {
         }
         let channel_capacity = s.channel_capacity.unwrap_or(4);
         if channel_capacity == 0 {
-            return Err(invalid("settings.channel_capacity must be at least 1".into()));
+            return Err(invalid(
+                "settings.channel_capacity must be at least 1".into(),
+            ));
         }
         let exe_dir = std::env::current_exe()
             .ok()
@@ -357,7 +359,9 @@ impl PipelinesConfig {
             }
             let workers = st.workers.unwrap_or(1);
             if workers == 0 || workers > 256 {
-                return Err(at(format!("workers must be between 1 and 256, not {workers}")));
+                return Err(at(format!(
+                    "workers must be between 1 and 256, not {workers}"
+                )));
             }
             if st.timeout_ms == Some(0) {
                 return Err(at("timeout_ms must be at least 1".into()));
@@ -429,9 +433,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_line_and_column() {
-        let err = plan("[pipelines.default]\n[[pipelines.default.stages]]\nplugin = \"filter\"\nwokers = 2\n")
-            .unwrap_err()
-            .to_string();
+        let err = plan(
+            "[pipelines.default]\n[[pipelines.default.stages]]\nplugin = \"filter\"\nwokers = 2\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("line 4, column 1"), "{err}");
         assert!(err.contains("wokers"), "{err}");
     }
@@ -466,14 +472,21 @@ mod tests {
         let none = plan("[pipelines.x]\n[[pipelines.x.stages]]\nname = \"a\"\n")
             .unwrap_err()
             .to_string();
-        assert!(none.contains("pipelines.x.stages[0]: needs `plugin"), "{none}");
+        assert!(
+            none.contains("pipelines.x.stages[0]: needs `plugin"),
+            "{none}"
+        );
     }
 
     #[test]
     fn pipeline_selection() {
         let path = Path::new("p.toml");
         let c = PipelinesConfig::parse(path, "[pipelines.a]\n[pipelines.b]\n").unwrap();
-        assert!(c.select(path, None).unwrap_err().to_string().contains("a, b"));
+        assert!(c
+            .select(path, None)
+            .unwrap_err()
+            .to_string()
+            .contains("a, b"));
         assert_eq!(c.select(path, Some("b")).unwrap(), "b");
         assert!(c.select(path, Some("zz")).is_err());
         let one = PipelinesConfig::parse(path, "[pipelines.only]\n").unwrap();

@@ -76,7 +76,10 @@ impl DeadLetter {
                 .append(true)
                 .open(path)
                 .map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("dead-letter file {}: {e}", path.display()))
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("dead-letter file {}: {e}", path.display()),
+                    )
                 })?;
             *guard = Some(BufWriter::new(f));
         }

@@ -232,9 +232,9 @@ impl OutputTarget {
     }
 }
 
-/// Prints a message on stderr, prefixed with `pipe: `.
+/// Reports a message at `info` level (shown unless `-q`).
 pub fn log_stderr(msg: &str) {
-    let _ = writeln!(io::stderr().lock(), "pipe: {msg}");
+    tracing::info!("{msg}");
 }
 
 /// Runs `plan` with `opts`. Loading errors come back as `Err` before any output;
@@ -243,7 +243,9 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     let log: fn(&str) = log_stderr;
     if let Some(b) = opts.batch_size {
         if b == 0 {
-            return Err(StartError::Invalid("--batch-size must be at least 1".into()));
+            return Err(StartError::Invalid(
+                "--batch-size must be at least 1".into(),
+            ));
         }
         plan.batch_size = b;
     }
@@ -261,13 +263,19 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         opts.inputs.clone()
     };
     if inputs.iter().filter(|i| *i == "-").count() > 1 {
-        return Err(StartError::Invalid("stdin (`-`) can be read only once".into()));
+        return Err(StartError::Invalid(
+            "stdin (`-`) can be read only once".into(),
+        ));
     }
     let input_formats: Vec<Format> = inputs
         .iter()
         .map(|i| {
             opts.input_format
-                .or_else(|| (i != "-").then(|| Format::from_path(Path::new(i))).flatten())
+                .or_else(|| {
+                    (i != "-")
+                        .then(|| Format::from_path(Path::new(i)))
+                        .flatten()
+                })
                 .or(plan.input)
                 .unwrap_or(Format::Csv)
         })
@@ -277,7 +285,10 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         .or_else(|| opts.output.as_deref().and_then(Format::from_path))
         .or(plan.output)
         .unwrap_or(input_formats[0]);
-    let dead_letter = opts.dead_letter.clone().or_else(|| plan.dead_letter.clone());
+    let dead_letter = opts
+        .dead_letter
+        .clone()
+        .or_else(|| plan.dead_letter.clone());
     let needs_dead_letter = plan.on_bad_input == Policy::DeadLetter
         || plan.stages.iter().any(|s| s.on_error == Policy::DeadLetter);
     if needs_dead_letter && dead_letter.is_none() {
@@ -362,8 +373,24 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         None
     };
     drop(cmd_tx);
+    tracing::debug!(
+        "running pipeline `{}` [{}]{}",
+        plan.name,
+        plan.stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" -> "),
+        if _watcher.is_some() {
+            ", hot reload on"
+        } else {
+            ""
+        }
+    );
 
-    let progress = opts.progress.then(|| crate::progress::Progress::new(&inputs));
+    let progress = opts
+        .progress
+        .then(|| crate::progress::Progress::new(&inputs));
     let outcome = sink(
         sink_rx,
         fatal_rx,
@@ -623,7 +650,9 @@ fn sink(
     let ticker = tick(Duration::from_millis(50));
     let write_error = |e: codec::WriteError| -> Outcome {
         match e {
-            codec::WriteError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => Outcome::BrokenPipe,
+            codec::WriteError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                Outcome::BrokenPipe
+            }
             codec::WriteError::Io(e) => Outcome::Failed(RunError::Io {
                 what: "writing the output".into(),
                 message: e.to_string(),

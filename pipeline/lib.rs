@@ -13,6 +13,7 @@
 //! - `progress`: the progress bar.
 //! - `cli`, `commands`: the command line and the subcommands besides `run`.
 //! - `error`: errors that end a run.
+//! - `logging`: stderr messages through `tracing`, `-v`/`-q`, `PIPE_LOG`.
 
 pub mod cli;
 pub mod commands;
@@ -21,6 +22,7 @@ pub mod deadletter;
 pub mod engine;
 pub mod error;
 pub mod loader;
+pub mod logging;
 pub mod progress;
 pub mod runtime;
 pub mod stats;

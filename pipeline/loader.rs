@@ -188,7 +188,11 @@ pub fn check_trust(path: &Path) -> Result<(), LoadError> {
                     path: p.to_path_buf(),
                     message: format!(
                         "the {what} is writable by {} (mode {:o}); run `chmod go-w {}`",
-                        if mode & 0o002 != 0 { "everyone" } else { "its group" },
+                        if mode & 0o002 != 0 {
+                            "everyone"
+                        } else {
+                            "its group"
+                        },
                         mode & 0o7777,
                         p.display()
                     ),
@@ -285,7 +289,8 @@ impl Plugin {
         let n = LOADS.fetch_add(1, Ordering::Relaxed);
         let copy = private_dir()?.join(format!(
             "{n}-{}",
-            path.file_name().map_or_else(|| "plugin".into(), |s| s.to_string_lossy())
+            path.file_name()
+                .map_or_else(|| "plugin".into(), |s| s.to_string_lossy())
         ));
         {
             let mut f = std::fs::File::create(&copy).map_err(io)?;
@@ -371,7 +376,11 @@ fn describe(e: LibraryError) -> String {
         ),
         LibraryError::AbiInstability(report) => {
             let text = report.to_string();
-            let short: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(6).collect();
+            let short: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(6)
+                .collect();
             format!(
                 "the library's stage ABI does not match this pipe's (layout check failed); \
                  rebuild it against the current pipe-sdk. abi_stable says: {}",
@@ -380,7 +389,11 @@ fn describe(e: LibraryError) -> String {
         }
         other => {
             let text = other.to_string();
-            let short: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(4).collect();
+            let short: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(4)
+                .collect();
             short.join(" / ")
         }
     }
@@ -441,7 +454,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("liby.so");
         std::fs::write(&p, b"x").unwrap();
-        let e = Plugin::load("y", &p, Some(&"0".repeat(64))).unwrap_err().to_string();
+        let e = Plugin::load("y", &p, Some(&"0".repeat(64)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pins 0000"), "{e}");
     }
 }

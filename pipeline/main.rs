@@ -13,6 +13,7 @@ use pipe::engine::{self, Outcome, RunOptions};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    pipe::logging::init(cli.verbose, cli.quiet);
     let code = match cli.command {
         CommandLine::Run(args) => run(args),
         CommandLine::Check(args) => commands::check(args),

@@ -29,12 +29,11 @@ impl Progress {
             .sum();
         let bar = match total {
             Some(t) => {
-                let b = ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr_with_hz(10));
+                let b =
+                    ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr_with_hz(10));
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} ETA {eta}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 b
             }

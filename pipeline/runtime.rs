@@ -196,9 +196,7 @@ impl RunningChain {
         let names = stages.iter().map(|s| s.spec.name.clone()).collect();
         for setup in stages.into_iter().rev() {
             let (tx, rx) = bounded(ctx.channel_capacity);
-            let stats = ctx
-                .stats
-                .stage(&setup.spec.name, setup.instances.len());
+            let stats = ctx.stats.stage(&setup.spec.name, setup.instances.len());
             let stage = StageRuntime {
                 ctx: ctx.clone(),
                 stats,
@@ -444,7 +442,11 @@ impl StageRuntime {
                 }
                 Work::Retire(order) => {
                     if version.plugin.manifest.stateful {
-                        if let Ok(Some(state)) = instance.export_state().into_result().map(Option::<abi_stable::std_types::RVec<u8>>::from) {
+                        if let Ok(Some(state)) = instance
+                            .export_state()
+                            .into_result()
+                            .map(Option::<abi_stable::std_types::RVec<u8>>::from)
+                        {
                             if let Ok(mut m) = order.states.lock() {
                                 m.insert(version.spec.name.clone(), state.into_vec());
                             }
@@ -536,19 +538,22 @@ impl StageRuntime {
                     self.stats.panics.fetch_add(1, Relaxed);
                     // A panicked instance may be half-updated: replace it before its
                     // next batch.
-                    *instance = version.plugin.instantiate(&spec.config_json).map_err(|le| {
-                        RunError::Stage {
+                    *instance = version
+                        .plugin
+                        .instantiate(&spec.config_json)
+                        .map_err(|le| RunError::Stage {
                             stage: spec.name.clone(),
                             message: format!(
                                 "panicked ({}) and could not be re-created: {le}",
                                 e.message
                             ),
-                        }
-                    })?;
+                        })?;
                 }
                 let reason = e.to_string();
                 for row in batch.rows() {
-                    self.reject(spec, row.pos(), &reason, || pipe_sdk::codec::row_to_json(row))?;
+                    self.reject(spec, row.pos(), &reason, || {
+                        pipe_sdk::codec::row_to_json(row)
+                    })?;
                 }
                 out.clear();
                 out.columns_like(batch);

@@ -97,7 +97,12 @@ pub fn start(
     }
     let config_path = normalise(&plan.config_path);
     let mut dirs = BTreeSet::new();
-    dirs.insert(config_path.parent().map(Path::to_path_buf).unwrap_or_default());
+    dirs.insert(
+        config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    );
     for s in &stages {
         dirs.insert(s.path.parent().map(Path::to_path_buf).unwrap_or_default());
     }
@@ -106,6 +111,7 @@ pub fn start(
             .watch(d, RecursiveMode::NonRecursive)
             .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
     }
+    let debounce_ms = plan.debounce.as_millis();
     let coordinator = Coordinator {
         plan,
         stages,
@@ -116,17 +122,21 @@ pub fn start(
     };
     std::thread::Builder::new()
         .name("reload".into())
-        .spawn(move || coordinator.run(rx, watcher_dirs(dirs)))
+        .spawn(move || coordinator.run(rx))
         .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        "watching {} for changes (debounce {} ms)",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        debounce_ms
+    );
     Ok(WatchHandle { _watcher: watcher })
 }
 
-fn watcher_dirs(d: BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
-    d
-}
-
 impl Coordinator {
-    fn run(mut self, events: Receiver<PathBuf>, _dirs: BTreeSet<PathBuf>) {
+    fn run(mut self, events: Receiver<PathBuf>) {
         let debounce = self.plan.debounce;
         let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
         loop {
@@ -195,12 +205,16 @@ impl Coordinator {
             stats
                 .swaps_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (self.log)(&format!(
+            tracing::warn!(
                 "reload of stage `{name}` refused, version {} keeps running: {why}",
                 live.plugin.manifest.version
-            ));
+            );
         };
-        let StageKind::Plugin { plugin: plugin_name, .. } = &spec.kind else {
+        let StageKind::Plugin {
+            plugin: plugin_name,
+            ..
+        } = &spec.kind
+        else {
             return;
         };
         let plugin = match plugin {
@@ -224,7 +238,12 @@ impl Coordinator {
             }
         }
         let (reply_tx, reply_rx) = crossbeam_channel::bounded::<SwapOutcome>(1);
-        let order = Arc::new(SwapOrder::new(plugin.clone(), spec.clone(), instances, reply_tx));
+        let order = Arc::new(SwapOrder::new(
+            plugin.clone(),
+            spec.clone(),
+            instances,
+            reply_tx,
+        ));
         if self
             .commands
             .send(Command::Swap {
@@ -238,10 +257,11 @@ impl Coordinator {
         match reply_rx.recv() {
             Ok(out) => {
                 if let Some(why) = out.refused {
-                    (self.log)(&format!(
+                    tracing::warn!(
                         "swap of stage `{}` refused at the last step, version {} keeps running: {why}",
-                        out.stage, out.from
-                    ));
+                        out.stage,
+                        out.from
+                    );
                     return;
                 }
                 (self.log)(&format!(
@@ -279,7 +299,7 @@ impl Coordinator {
         let new_plan = match new_plan {
             Ok(p) => p,
             Err(e) => {
-                (self.log)(&format!("config change ignored, the pipeline runs on unchanged: {e}"));
+                tracing::warn!("config change ignored, the pipeline runs on unchanged: {e}");
                 return;
             }
         };
@@ -288,13 +308,16 @@ impl Coordinator {
             || new_plan.on_bad_input != self.plan.on_bad_input
             || new_plan.dead_letter != self.plan.dead_letter
         {
-            (self.log)("changes to [settings] and to the pipeline's own keys apply to the next run");
+            (self.log)(
+                "changes to [settings] and to the pipeline's own keys apply to the next run",
+            );
         }
         let old: Vec<&StageSpec> = self.stages.iter().map(|s| &s.spec).collect();
         let same_shape = old.len() == new_plan.stages.len()
-            && old.iter().zip(&new_plan.stages).all(|(a, b)| {
-                a.name == b.name && a.kind == b.kind && a.workers == b.workers
-            });
+            && old
+                .iter()
+                .zip(&new_plan.stages)
+                .all(|(a, b)| a.name == b.name && a.kind == b.kind && a.workers == b.workers);
         if same_shape {
             let changed: Vec<usize> = (0..old.len())
                 .filter(|&i| *old[i] != new_plan.stages[i])
@@ -313,7 +336,7 @@ impl Coordinator {
         let setups = match prepare(&new_plan.stages, self.log) {
             Ok(s) => s,
             Err(e) => {
-                (self.log)(&format!("config change ignored, the pipeline runs on unchanged: {e}"));
+                tracing::warn!("config change ignored, the pipeline runs on unchanged: {e}");
                 return;
             }
         };
