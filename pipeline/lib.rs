@@ -10,6 +10,7 @@
 //! - `watch`: hot reload: file watching, debounce, side-by-side load, swap or rebuild.
 //! - `deadletter`: the dead-letter file.
 //! - `stats`: counters and the accounting identity.
+//! - `process`: process stages: children speaking JSON lines over stdin/stdout.
 //! - `progress`: the progress bar.
 //! - `cli`, `commands`: the command line and the subcommands besides `run`.
 //! - `error`: errors that end a run.
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod loader;
 pub mod logging;
+pub mod process;
 pub mod progress;
 pub mod runtime;
 pub mod stats;

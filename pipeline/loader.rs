@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use pipe_sdk::abi::{StageBox, StageMod_Ref, SDK_VERSION};
@@ -46,7 +46,16 @@ pub struct Plugin {
     pub manifest: Manifest,
     /// SHA-256 of the loaded bytes, hex.
     pub sha256: String,
-    module: StageMod_Ref,
+    factory: Factory,
+}
+
+/// How a plugin makes instances.
+#[derive(Clone)]
+pub enum Factory {
+    /// A `cdylib`'s root module.
+    Library(StageMod_Ref),
+    /// A child process per instance (see `process.rs`).
+    Process(Arc<crate::process::ProcessSpec>),
 }
 
 impl fmt::Debug for Plugin {
@@ -333,19 +342,37 @@ impl Plugin {
             path: path.to_path_buf(),
             manifest,
             sha256: digest,
-            module,
+            factory: Factory::Library(module),
         })
     }
 
     /// Creates one instance with `config_json`.
     pub fn instantiate(&self, config_json: &str) -> Result<StageBox, LoadError> {
-        (self.module.new())(config_json.into())
-            .into_result()
-            .map_err(|e| LoadError::Instance {
-                path: self.path.clone(),
-                plugin: self.manifest.name.clone(),
-                message: e.to_string(),
-            })
+        let made = match &self.factory {
+            Factory::Library(module) => (module.new())(config_json.into()).into_result(),
+            Factory::Process(spec) => crate::process::spawn(spec, config_json),
+        };
+        made.map_err(|e| LoadError::Instance {
+            path: self.path.clone(),
+            plugin: self.manifest.name.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A plugin whose instances are child processes: `manifest` comes from the
+    /// program's handshake, `path` is the program file.
+    pub fn from_process(
+        path: PathBuf,
+        manifest: Manifest,
+        sha256: String,
+        spec: Arc<crate::process::ProcessSpec>,
+    ) -> Plugin {
+        Plugin {
+            path,
+            manifest,
+            sha256,
+            factory: Factory::Process(spec),
+        }
     }
 }
 
