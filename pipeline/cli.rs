@@ -50,6 +50,66 @@ pub enum CommandLine {
     Check(CheckArgs),
     /// List the plugins found: name, version, path, ABI check.
     Stages(StagesArgs),
+    /// Measure a pipeline's throughput against a bare csv-crate/serde_json loop, with
+    /// each stage's share of the time.
+    #[command(
+        after_help = "Examples:\n  pipe bench                       default pipeline on 1,000,000 generated orders\n  \
+        pipe bench revenue big.csv --runs 5\n  pipe bench --records 200000 --json"
+    )]
+    Bench(BenchArgs),
+    /// Write deterministic sample data (orders CSV/JSONL, events JSONL) to stdout.
+    Generate(GenerateArgs),
+}
+
+/// `pipe bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The pipeline, then input files (default: generated orders).
+    #[arg(value_name = "PIPELINE|FILE")]
+    pub args: Vec<String>,
+    /// The config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Records to generate when no file is given.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Report the best of N runs.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub runs: usize,
+    /// The bare loop to compare with.
+    #[arg(long, value_enum, default_value = "copy")]
+    pub baseline: crate::bench::Baseline,
+    /// Worker threads for every stateless stage.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pipe generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to generate.
+    #[arg(value_enum)]
+    pub kind: GenerateKind,
+    /// How many records.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub records: u64,
+    /// Seed: the same seed gives the same data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Sample data shapes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GenerateKind {
+    /// Orders as CSV (about 100 bytes a row).
+    OrdersCsv,
+    /// The same orders as JSON lines.
+    OrdersJsonl,
+    /// Web events as JSON lines, some with nested arrays.
+    EventsJsonl,
 }
 
 /// `pipe run`.

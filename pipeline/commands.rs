@@ -4,7 +4,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{CheckArgs, StagesArgs};
+use crate::cli::{BenchArgs, CheckArgs, GenerateArgs, GenerateKind, StagesArgs};
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
 use crate::engine;
 use crate::loader::{self, Plugin};
@@ -140,5 +140,51 @@ pub fn stages(args: StagesArgs) -> u8 {
         1
     } else {
         0
+    }
+}
+
+/// `pipe bench`.
+pub fn bench(args: BenchArgs) -> u8 {
+    let (plan, files) = match plan_run(args.config.as_deref(), &args.args) {
+        Ok(p) => p,
+        Err(e) => return fail(2, &e),
+    };
+    let opts = crate::bench::BenchOptions {
+        files: files.iter().map(PathBuf::from).collect(),
+        records: args.records,
+        runs: args.runs,
+        baseline: args.baseline,
+        workers: args.workers,
+    };
+    match crate::bench::bench(plan, opts) {
+        Ok(r) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                print!("{}", r.table());
+            }
+            0
+        }
+        Err(e) => fail(1, &e),
+    }
+}
+
+/// `pipe generate`.
+pub fn generate(args: GenerateArgs) -> u8 {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let r = match args.kind {
+        GenerateKind::OrdersCsv => crate::generate::orders_csv(&mut out, args.records, args.seed),
+        GenerateKind::OrdersJsonl => {
+            crate::generate::orders_jsonl(&mut out, args.records, args.seed)
+        }
+        GenerateKind::EventsJsonl => {
+            crate::generate::events_jsonl(&mut out, args.records, args.seed)
+        }
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(1, &e),
     }
 }

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub workers: Option<usize>,
     /// Progress reporting on stderr.
     pub progress: bool,
+    /// Throw the output away (for `pipe bench`).
+    pub discard_output: bool,
 }
 
 /// How a run ended.
@@ -300,7 +302,14 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     }
 
     let setups = prepare(&plan.stages, log)?;
-    let (target, out) = OutputTarget::open(opts.output.as_deref())?;
+    let (target, out) = if opts.discard_output {
+        (
+            OutputTarget::Stdout,
+            Box::new(io::sink()) as Box<dyn Write + Send>,
+        )
+    } else {
+        OutputTarget::open(opts.output.as_deref())?
+    };
 
     let stats = Arc::new(RunStats::default());
     for s in &setups {

@@ -12,16 +12,19 @@
 //! - `stats`: counters and the accounting identity.
 //! - `process`: process stages: children speaking JSON lines over stdin/stdout.
 //! - `progress`: the progress bar.
+//! - `bench`, `generate`: `pipe bench` with its bare-loop baselines; sample data.
 //! - `cli`, `commands`: the command line and the subcommands besides `run`.
 //! - `error`: errors that end a run.
 //! - `logging`: stderr messages through `tracing`, `-v`/`-q`, `PIPE_LOG`.
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deadletter;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod loader;
 pub mod logging;
 pub mod process;

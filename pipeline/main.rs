@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         CommandLine::Run(args) => run(args),
         CommandLine::Check(args) => commands::check(args),
         CommandLine::Stages(args) => commands::stages(args),
+        CommandLine::Bench(args) => commands::bench(args),
+        CommandLine::Generate(args) => commands::generate(args),
     };
     pipe::loader::cleanup();
     ExitCode::from(code)
@@ -39,6 +41,7 @@ fn run(args: RunArgs) -> u8 {
         batch_size: args.batch_size,
         workers: args.workers,
         progress: !args.no_progress && (args.progress || std::io::stderr().is_terminal()),
+        discard_output: false,
     };
     // Run.
     let report = match engine::run(plan, opts) {

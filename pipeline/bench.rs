@@ -1,0 +1,304 @@
+//! `pipe bench`: throughput of a pipeline, each stage's share of the time, and the same
+//! input through a bare csv-crate (or serde_json) loop in the same process, so every
+//! figure is a ratio measured side by side on the same machine at the same moment.
+//!
+//! The baselines are the loops a Rust programmer would write by hand: `copy` reads and
+//! writes every record unchanged; `chain` does the work of the README's benchmark chain
+//! (filter `amount > 500`, `country = upper(country)`, `amount_cents = amount * 100`,
+//! keep four columns) on orders data.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pipe_sdk::codec::Format;
+
+use crate::engine::{self, Outcome, RunOptions};
+use crate::stats::Snapshot;
+
+/// Which hand-written loop to compare with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Baseline {
+    /// Read and write every record unchanged.
+    Copy,
+    /// The benchmark chain on orders: filter, compute, select.
+    Chain,
+}
+
+/// Runs the bare loop over `files` in `format`, writing to a sink; returns records out.
+pub fn bare_loop(baseline: Baseline, format: Format, files: &[PathBuf]) -> io::Result<u64> {
+    let mut n = 0;
+    for f in files {
+        let file = File::open(f)?;
+        n += match format {
+            Format::Csv => bare_csv(baseline, file)?,
+            Format::Jsonl => bare_jsonl(baseline, file)?,
+        };
+    }
+    Ok(n)
+}
+
+fn bare_csv(baseline: Baseline, file: File) -> io::Result<u64> {
+    let mut rdr = csv::Reader::from_reader(file);
+    let mut wtr = csv::Writer::from_writer(io::sink());
+    let headers = rdr.byte_headers().map_err(io::Error::other)?.clone();
+    let mut rec = csv::ByteRecord::new();
+    let mut n = 0;
+    match baseline {
+        Baseline::Copy => {
+            wtr.write_byte_record(&headers).map_err(io::Error::other)?;
+            while rdr.read_byte_record(&mut rec).map_err(io::Error::other)? {
+                wtr.write_byte_record(&rec).map_err(io::Error::other)?;
+                n += 1;
+            }
+        }
+        Baseline::Chain => {
+            let col = |name: &str| headers.iter().position(|h| h == name.as_bytes());
+            let (Some(id), Some(country), Some(amount)) =
+                (col("id"), col("country"), col("amount"))
+            else {
+                return Err(io::Error::other("the chain baseline needs orders data"));
+            };
+            wtr.write_record(["id", "country", "amount", "amount_cents"])
+                .map_err(io::Error::other)?;
+            let mut upper = Vec::new();
+            let mut cents = String::new();
+            while rdr.read_byte_record(&mut rec).map_err(io::Error::other)? {
+                let a: f64 = std::str::from_utf8(&rec[amount])
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(f64::NAN);
+                if a.partial_cmp(&500.0) != Some(std::cmp::Ordering::Greater) {
+                    continue;
+                }
+                upper.clear();
+                upper.extend(rec[country].iter().map(u8::to_ascii_uppercase));
+                cents.clear();
+                use std::fmt::Write as _;
+                let _ = write!(cents, "{}", (a * 100.0).round());
+                wtr.write_record([&rec[id], &upper[..], &rec[amount], cents.as_bytes()])
+                    .map_err(io::Error::other)?;
+                n += 1;
+            }
+        }
+    }
+    wtr.flush()?;
+    Ok(n)
+}
+
+fn bare_jsonl(baseline: Baseline, file: File) -> io::Result<u64> {
+    let mut out = io::BufWriter::new(io::sink());
+    let mut n = 0;
+    for line in BufReader::with_capacity(1 << 16, file).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut v: serde_json::Value = serde_json::from_str(&line).map_err(io::Error::other)?;
+        if baseline == Baseline::Chain {
+            let a = v.get("amount").and_then(|a| a.as_f64()).unwrap_or(f64::NAN);
+            if a.partial_cmp(&500.0) != Some(std::cmp::Ordering::Greater) {
+                continue;
+            }
+            let country = v
+                .get("country")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_uppercase();
+            let mut o = serde_json::Map::new();
+            o.insert("id".into(), v["id"].take());
+            o.insert("country".into(), country.into());
+            o.insert("amount".into(), v["amount"].take());
+            o.insert("amount_cents".into(), (a * 100.0).round().into());
+            v = serde_json::Value::Object(o);
+        }
+        serde_json::to_writer(&mut out, &v)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+/// One bench result, for `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Input format.
+    pub format: String,
+    /// Records read.
+    pub records: u64,
+    /// Input bytes.
+    pub bytes: u64,
+    /// Best pipeline wall time, seconds.
+    pub pipeline_s: f64,
+    /// Best bare-loop wall time, seconds.
+    pub baseline_s: f64,
+    /// Which bare loop.
+    pub baseline: Baseline,
+    /// pipeline_s / baseline_s.
+    pub ratio: f64,
+    /// Each stage's busy time as a share of the pipeline's wall time (summed over its
+    /// workers, so a 2-worker stage can exceed 1).
+    pub stage_share: Vec<(String, f64)>,
+    /// Counters of the last pipeline run.
+    pub stats: Snapshot,
+}
+
+/// Options of one bench.
+pub struct BenchOptions {
+    /// Input files (generated when empty).
+    pub files: Vec<PathBuf>,
+    /// Records to generate when no files are given.
+    pub records: u64,
+    /// Best of this many runs.
+    pub runs: usize,
+    /// The bare loop to compare with.
+    pub baseline: Baseline,
+    /// Worker override.
+    pub workers: Option<usize>,
+}
+
+/// Benchmarks `plan`.
+pub fn bench(
+    plan: crate::config::PipelinePlan,
+    opts: BenchOptions,
+) -> Result<BenchReport, Box<dyn std::error::Error>> {
+    let tmp;
+    let format = plan.input.unwrap_or(Format::Csv);
+    let files = if opts.files.is_empty() {
+        tmp = tempfile_path(format)?;
+        let mut f = io::BufWriter::new(File::create(&tmp.0)?);
+        match format {
+            Format::Csv => crate::generate::orders_csv(&mut f, opts.records, 42)?,
+            Format::Jsonl => crate::generate::orders_jsonl(&mut f, opts.records, 42)?,
+        }
+        f.flush()?;
+        vec![tmp.0.clone()]
+    } else {
+        opts.files.clone()
+    };
+    let format = files
+        .first()
+        .and_then(|f| Format::from_path(f))
+        .unwrap_or(format);
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let runs = opts.runs.max(1);
+    let mut best_pipe = Duration::MAX;
+    let mut best_base = Duration::MAX;
+    let mut stats = None;
+    for _ in 0..runs {
+        // Alternate the two so both see the same machine state.
+        let t = Instant::now();
+        bare_loop(opts.baseline, format, &files)?;
+        best_base = best_base.min(t.elapsed());
+        let run_opts = RunOptions {
+            inputs: files.iter().map(|f| f.display().to_string()).collect(),
+            input_format: Some(format),
+            output_format: Some(format),
+            watch: false,
+            workers: opts.workers,
+            discard_output: true,
+            ..RunOptions::default()
+        };
+        let t = Instant::now();
+        let report = engine::run(plan.clone(), run_opts)?;
+        let el = t.elapsed();
+        if let Outcome::Failed(e) = report.outcome {
+            return Err(Box::new(e));
+        }
+        best_pipe = best_pipe.min(el);
+        stats = Some(report.stats);
+    }
+    let stats = stats.expect("at least one run");
+    let wall_ms = stats.elapsed_ms.max(1e-9);
+    Ok(BenchReport {
+        pipeline: plan.name.clone(),
+        format: format.to_string(),
+        records: stats.read,
+        bytes,
+        pipeline_s: best_pipe.as_secs_f64(),
+        baseline_s: best_base.as_secs_f64(),
+        baseline: opts.baseline,
+        ratio: best_pipe.as_secs_f64() / best_base.as_secs_f64().max(1e-9),
+        stage_share: stats
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.busy_ms / wall_ms))
+            .collect(),
+        stats,
+    })
+}
+
+/// A temporary file path that is removed on drop.
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_path(format: Format) -> io::Result<TempPath> {
+    let p = std::env::temp_dir().join(format!("pipe-bench-{}.{}", std::process::id(), format));
+    Ok(TempPath(p))
+}
+
+impl BenchReport {
+    /// The table for people.
+    pub fn table(&self) -> String {
+        let rate = |s: f64| self.records as f64 / s.max(1e-9);
+        let mbs = |s: f64| self.bytes as f64 / 1e6 / s.max(1e-9);
+        let mut out = format!(
+            "pipeline `{}` on {} records ({:.1} MB of {})\n\
+             {:<22} {:>9} {:>12} {:>9} {:>10}\n\
+             {:<22} {:>8.3}s {:>10.0}/s {:>9.1} {:>9.2}x\n\
+             {:<22} {:>8.3}s {:>10.0}/s {:>9.1} {:>9.2}x\n",
+            self.pipeline,
+            self.records,
+            self.bytes as f64 / 1e6,
+            self.format,
+            "",
+            "time",
+            "records/s",
+            "MB/s",
+            "vs bare",
+            format!("bare loop ({:?})", self.baseline).to_lowercase(),
+            self.baseline_s,
+            rate(self.baseline_s),
+            mbs(self.baseline_s),
+            1.0,
+            "pipe",
+            self.pipeline_s,
+            rate(self.pipeline_s),
+            mbs(self.pipeline_s),
+            self.ratio,
+        );
+        if !self.stage_share.is_empty() {
+            out.push_str("stage busy time / wall time (workers summed):\n");
+            let max = self.stage_share.iter().map(|s| s.1).fold(0.0, f64::max);
+            for (name, share) in &self.stage_share {
+                out.push_str(&format!(
+                    "  {name:<20} {:>6.1}%{}\n",
+                    share * 100.0,
+                    if *share == max && max > 0.0 {
+                        "  <- busiest"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Whether `path` names an existing file (for telling pipelines from files).
+pub fn is_file(path: &str) -> bool {
+    Path::new(path).is_file()
+}
