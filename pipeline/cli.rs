@@ -59,6 +59,19 @@ pub enum CommandLine {
     Bench(BenchArgs),
     /// Write deterministic sample data (orders CSV/JSONL, events JSONL) to stdout.
     Generate(GenerateArgs),
+    /// Scaffold a new stage in stages/NAME, registered in the workspace.
+    #[command(after_help = "Then: cargo build --release && pipe stages")]
+    New(NewArgs),
+}
+
+/// `pipe new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The stage's name (lower case, digits, `_`): builds `lib<NAME>.so`.
+    pub name: String,
+    /// The workspace root.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
 }
 
 /// `pipe bench`.

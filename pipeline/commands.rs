@@ -4,7 +4,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{BenchArgs, CheckArgs, GenerateArgs, GenerateKind, StagesArgs};
+use crate::cli::{BenchArgs, CheckArgs, GenerateArgs, GenerateKind, NewArgs, StagesArgs};
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
 use crate::engine;
 use crate::loader::{self, Plugin};
@@ -186,5 +186,23 @@ pub fn generate(args: GenerateArgs) -> u8 {
         Ok(()) => 0,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => fail(1, &e),
+    }
+}
+
+/// `pipe new`.
+pub fn new_stage(args: NewArgs) -> u8 {
+    match crate::scaffold::new_stage(&args.root, &args.name) {
+        Ok(dir) => {
+            println!(
+                "created {} (package stage-{}), registered in the workspace.\n\
+                 next: cargo build --release && pipe stages\n\
+                 test it: cargo test -p stage-{}",
+                dir.display(),
+                args.name,
+                args.name
+            );
+            0
+        }
+        Err(e) => fail(2, &e),
     }
 }

@@ -13,6 +13,7 @@
 //! - `process`: process stages: children speaking JSON lines over stdin/stdout.
 //! - `progress`: the progress bar.
 //! - `bench`, `generate`: `pipe bench` with its bare-loop baselines; sample data.
+//! - `scaffold`: `pipe new`.
 //! - `cli`, `commands`: the command line and the subcommands besides `run`.
 //! - `error`: errors that end a run.
 //! - `logging`: stderr messages through `tracing`, `-v`/`-q`, `PIPE_LOG`.
@@ -30,5 +31,6 @@ pub mod logging;
 pub mod process;
 pub mod progress;
 pub mod runtime;
+pub mod scaffold;
 pub mod stats;
 pub mod watch;

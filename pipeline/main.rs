@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         CommandLine::Stages(args) => commands::stages(args),
         CommandLine::Bench(args) => commands::bench(args),
         CommandLine::Generate(args) => commands::generate(args),
+        CommandLine::New(args) => commands::new_stage(args),
     };
     pipe::loader::cleanup();
     ExitCode::from(code)
