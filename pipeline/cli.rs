@@ -59,9 +59,23 @@ pub enum CommandLine {
     Bench(BenchArgs),
     /// Write deterministic sample data (orders CSV/JSONL, events JSONL) to stdout.
     Generate(GenerateArgs),
+    /// Run declarative tests of pipelines and stages (TOML files of [[tests]]).
+    #[command(after_help = "Example: pipe test tests/pipelines/*.toml")]
+    Test(TestArgs),
     /// Scaffold a new stage in stages/NAME, registered in the workspace.
     #[command(after_help = "Then: cargo build --release && pipe stages")]
     New(NewArgs),
+}
+
+/// `pipe test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The config file the tests' `pipeline = ...` refer to.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `pipe new`.

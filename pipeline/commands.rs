@@ -4,7 +4,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{BenchArgs, CheckArgs, GenerateArgs, GenerateKind, NewArgs, StagesArgs};
+use crate::cli::{BenchArgs, CheckArgs, GenerateArgs, GenerateKind, NewArgs, StagesArgs, TestArgs};
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
 use crate::engine;
 use crate::loader::{self, Plugin};
@@ -203,6 +203,16 @@ pub fn new_stage(args: NewArgs) -> u8 {
             );
             0
         }
+        Err(e) => fail(2, &e),
+    }
+}
+
+/// `pipe test`.
+pub fn test(args: TestArgs) -> u8 {
+    let config = config_path(args.config.as_deref());
+    match crate::testfile::run_files(&config, &args.files) {
+        Ok(s) if s.failed == 0 => 0,
+        Ok(_) => 1,
         Err(e) => fail(2, &e),
     }
 }

@@ -13,7 +13,7 @@
 //! - `process`: process stages: children speaking JSON lines over stdin/stdout.
 //! - `progress`: the progress bar.
 //! - `bench`, `generate`: `pipe bench` with its bare-loop baselines; sample data.
-//! - `scaffold`: `pipe new`.
+//! - `scaffold`: `pipe new`; `testfile`: `pipe test`.
 //! - `cli`, `commands`: the command line and the subcommands besides `run`.
 //! - `error`: errors that end a run.
 //! - `logging`: stderr messages through `tracing`, `-v`/`-q`, `PIPE_LOG`.
@@ -33,4 +33,5 @@ pub mod progress;
 pub mod runtime;
 pub mod scaffold;
 pub mod stats;
+pub mod testfile;
 pub mod watch;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         CommandLine::Bench(args) => commands::bench(args),
         CommandLine::Generate(args) => commands::generate(args),
         CommandLine::New(args) => commands::new_stage(args),
+        CommandLine::Test(args) => commands::test(args),
     };
     pipe::loader::cleanup();
     ExitCode::from(code)

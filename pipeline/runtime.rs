@@ -502,12 +502,13 @@ impl StageRuntime {
         self.stats.rows_in.fetch_add(batch.len() as u64, Relaxed);
         self.stats.batches.fetch_add(1, Relaxed);
         out.clear();
-        if batch.is_empty() {
-            // Nothing to do, but keep the columns so an empty result still has a header.
-            out.columns_like(batch);
-            return Ok(());
-        }
-        slot.start(batch.row(0).pos());
+        // Empty batches go through too: a header-only input still gets the stage's
+        // output columns (select, compute), so the output has the right header.
+        slot.start(if batch.is_empty() {
+            Pos::default()
+        } else {
+            batch.row(0).pos()
+        });
         let t = Instant::now();
         let r = instance.process(batch, out).into_result();
         self.stats
