@@ -10,6 +10,7 @@
 //! values and types.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 
@@ -67,7 +68,8 @@ pub struct BadRecord {
     /// What is wrong with it.
     pub reason: String,
     /// The record as far as it could be read, as JSON: a string (a JSON line's text) or
-    /// an array of strings (a CSV row's fields). Invalid UTF-8 is replaced by U+FFFD.
+    /// an array of strings (a CSV row's fields). Invalid UTF-8 is replaced by U+FFFD. A
+    /// record too large to hold in a batch is not copied: `null` or an empty array.
     pub raw: serde_json::Value,
 }
 
@@ -103,13 +105,40 @@ pub fn reader<'r, R: Read + Send + 'r>(
     }
 }
 
+/// A batch stops growing once its cells hold this many bytes, so that one batch never
+/// grows past what [`Batch`]'s `u32` offsets can address (and stays a sane size). The
+/// record that would cross the limit starts the next batch.
+const BATCH_BYTES: usize = if cfg!(test) { 64 } else { 256 << 20 };
+
+/// The largest record a reader accepts: a batch addresses its arena with `u32` offsets.
+/// A larger record is a [`BadRecord`] (regression test: `oversized_records_are_bad_records`).
+const RECORD_BYTES: usize = if cfg!(test) { 256 } else { u32::MAX as usize };
+
+/// Whether `len` more bytes of cell text fit in `batch`, which holds rows.
+fn batch_has_room(batch: &Batch, len: usize) -> bool {
+    batch.is_empty() || batch.data_len() + len <= BATCH_BYTES
+}
+
+fn too_large(len: usize) -> String {
+    format!("the record is too large ({len} bytes; the limit is {RECORD_BYTES} bytes)")
+}
+
 /// Reads CSV with a header line. Quoted fields may hold commas, quotes and newlines; CRLF
 /// and a UTF-8 byte-order mark are handled.
+///
+/// Every record after the header comes back as a row or a [`BadRecord`]: a wrong number of
+/// fields, invalid UTF-8, a quote still open at the end of the input, or (when the header
+/// itself could not be read) no usable header. Each is positioned at the line its first
+/// field starts on.
 pub struct CsvReader<R> {
     inner: csv::Reader<LineIndex<R>>,
     input: u32,
     header: Option<Vec<String>>,
+    /// Why the header could not be used; every later record is a bad record with it.
+    header_error: Option<String>,
     record: csv::ByteRecord,
+    /// `record` was read but did not fit the last batch: it starts the next one.
+    pending: Option<Pos>,
     done: bool,
 }
 
@@ -125,7 +154,9 @@ impl<R: Read> CsvReader<R> {
             inner,
             input: input_index,
             header: None,
+            header_error: None,
             record: csv::ByteRecord::new(),
+            pending: None,
             done: false,
         }
     }
@@ -147,6 +178,18 @@ impl<R: Read> CsvReader<R> {
         next_csv_record(&mut self.inner, &mut self.record)
     }
 
+    /// When the record just read is the last one and ends inside a quoted field, why it
+    /// is bad. csv-core takes the end of the input as the end of such a field, which would
+    /// silently turn every line after a stray quote into one field.
+    fn unterminated(&mut self) -> Option<String> {
+        let opened = self.inner.get_ref().open_quote_at_eof()?;
+        let line = self.inner.get_mut().line_of(opened);
+        Some(format!(
+            "unterminated quoted field: the quote opened on line {line} is never closed, \
+             so the input ends inside it"
+        ))
+    }
+
     fn raw_fields(&self) -> serde_json::Value {
         csv_raw_fields(&self.record)
     }
@@ -156,72 +199,71 @@ fn next_csv_record<R: Read>(
     inner: &mut csv::Reader<R>,
     record: &mut csv::ByteRecord,
 ) -> io::Result<bool> {
-    {
-        match inner.read_byte_record(record) {
-            Ok(more) => Ok(more),
-            Err(e) => match e.into_kind() {
-                csv::ErrorKind::Io(e) => Err(e),
-                other => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{other:?}"),
-                )),
-            },
-        }
+    match inner.read_byte_record(record) {
+        Ok(more) => Ok(more),
+        Err(e) => match e.into_kind() {
+            csv::ErrorKind::Io(e) => Err(e),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{other:?}"),
+            )),
+        },
     }
 }
 
 fn csv_raw_fields(record: &csv::ByteRecord) -> serde_json::Value {
-    {
-        serde_json::Value::Array(
-            record
-                .iter()
-                .map(|f| serde_json::Value::String(String::from_utf8_lossy(f).into_owned()))
-                .collect(),
-        )
-    }
+    serde_json::Value::Array(
+        record
+            .iter()
+            .map(|f| serde_json::Value::String(String::from_utf8_lossy(f).into_owned()))
+            .collect(),
+    )
 }
 
 impl<R: Read> CsvReader<R> {
+    /// Reads the header. Returns false at the end of the input. A header that cannot be
+    /// used is reported as a bad record and kept in `header_error`.
     fn read_header(&mut self, bad: &mut Vec<BadRecord>) -> io::Result<bool> {
-        loop {
-            if !self.next_record()? {
-                self.done = true;
-                return Ok(false);
-            }
-            let fields: Result<Vec<String>, _> = self
-                .record
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    let f = if i == 0 {
-                        f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-                    } else {
-                        f
-                    };
-                    std::str::from_utf8(f).map(str::to_owned)
-                })
-                .collect();
-            match fields {
-                Ok(h) => {
-                    self.header = Some(h);
-                    return Ok(true);
-                }
-                Err(e) => {
-                    let pos = self.pos();
-                    bad.push(BadRecord {
-                        pos,
-                        reason: format!(
-                            "the header line is not valid UTF-8 (byte {})",
-                            e.valid_up_to() + 1
-                        ),
-                        raw: self.raw_fields(),
-                    });
-                    // Without a header nothing in this input can be read.
-                    self.done = true;
-                    return Ok(false);
-                }
-            }
+        if !self.next_record()? {
+            self.done = true;
+            return Ok(false);
         }
+        let pos = self.pos();
+        let error = match self.unterminated() {
+            Some(reason) => Some(reason),
+            None => {
+                let fields: Result<Vec<String>, String> = self
+                    .record
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        std::str::from_utf8(f).map(str::to_owned).map_err(|e| {
+                            format!(
+                                "the header line is not valid UTF-8 (field {}, byte {})",
+                                i + 1,
+                                e.valid_up_to() + 1
+                            )
+                        })
+                    })
+                    .collect();
+                match fields {
+                    Ok(h) => {
+                        self.header = Some(h);
+                        None
+                    }
+                    Err(reason) => Some(reason),
+                }
+            }
+        };
+        if let Some(reason) = error {
+            bad.push(BadRecord {
+                pos,
+                reason: reason.clone(),
+                raw: self.raw_fields(),
+            });
+            self.header_error = Some(reason);
+        }
+        Ok(true)
     }
 }
 
@@ -232,43 +274,73 @@ impl<R: Read + Send> Reader for CsvReader<R> {
         max: usize,
         bad: &mut Vec<BadRecord>,
     ) -> io::Result<bool> {
-        if self.done {
+        if self.done && self.pending.is_none() {
             return Ok(false);
         }
-        if self.header.is_none() && !self.read_header(bad)? {
+        if self.header.is_none() && self.header_error.is_none() && !self.read_header(bad)? {
             return Ok(false);
         }
-        let header = self.header.as_ref().expect("header was read above");
-        if !batch.columns().eq(header.iter().map(|s| s.as_str())) {
-            batch.set_columns(header);
-        }
-        let width = header.len();
-        let mut got_any = false;
-        while batch.len() < max {
-            if !next_csv_record(&mut self.inner, &mut self.record)? {
-                self.done = true;
-                break;
-            }
-            got_any = true;
-            let pos = self.pos();
-            let rec = &self.record;
-            if rec.len() != width {
-                // A blank line inside the data reads as one empty field: skip it as the
-                // csv crate does for blank lines elsewhere.
-                if rec.len() == 1 && rec.as_slice().is_empty() {
-                    continue;
+        let width = match &self.header {
+            Some(header) => {
+                if !batch.columns().eq(header.iter().map(|s| s.as_str())) {
+                    batch.set_columns(header);
                 }
+                header.len()
+            }
+            None => 0,
+        };
+        let mut got_any = false;
+        // Bad records count towards `max` too, so that a run of them is handed to the
+        // caller's policy a batch at a time instead of piling up in memory.
+        let mut taken = 0;
+        while taken < max {
+            let (pos, fresh) = match self.pending.take() {
+                Some(pos) => (pos, false),
+                None => {
+                    if !self.next_record()? {
+                        self.done = true;
+                        break;
+                    }
+                    (self.pos(), true)
+                }
+            };
+            got_any = true;
+            taken += 1;
+            let unterminated = if fresh { self.unterminated() } else { None };
+            let reason = if let Some(reason) = unterminated {
+                Some(reason)
+            } else if let Some(e) = &self.header_error {
+                Some(format!("no usable header: {e}"))
+            } else if self.record.len() != width {
+                Some(format!(
+                    "expected {width} fields as in the header, found {}",
+                    self.record.len()
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
                 bad.push(BadRecord {
                     pos,
-                    reason: format!(
-                        "expected {width} fields as in the header, found {}",
-                        rec.len()
-                    ),
-                    raw: csv_raw_fields(rec),
+                    reason,
+                    raw: self.raw_fields(),
                 });
                 continue;
             }
+            let rec = &self.record;
             let bytes = rec.as_slice();
+            if !batch_has_room(batch, bytes.len()) {
+                self.pending = Some(pos);
+                break;
+            }
+            if bytes.len() > RECORD_BYTES {
+                bad.push(BadRecord {
+                    pos,
+                    reason: too_large(bytes.len()),
+                    raw: serde_json::Value::Array(Vec::new()),
+                });
+                continue;
+            }
             match std::str::from_utf8(bytes) {
                 Ok(text) => {
                     let mut ends = (0..rec.len()).map(|i| rec.range(i).map_or(0, |r| r.end));
@@ -305,50 +377,215 @@ impl<R: Read + Send> Reader for CsvReader<R> {
     }
 
     fn bytes_read(&self) -> u64 {
-        self.inner.position().byte()
+        self.inner.position().byte() + self.inner.get_ref().bom_len
     }
 }
 
-/// Passes bytes through and remembers where the newlines are, so that a record's line
-/// can be computed from its byte offset. (csv-core's own line count misses a CRLF.) Only newlines the CSV parser has not yet passed are
-/// kept: at most one read buffer's worth.
+/// Where the quoting state of the CSV text stands (the subset of csv-core's state machine
+/// that decides whether the input ends inside a quoted field).
+#[derive(Debug, Clone, Copy)]
+enum Quoting {
+    /// Not in a quoted field; `field_start`: the next byte starts a field.
+    Outside { field_start: bool },
+    /// Inside a quoted field opened at byte `opened`.
+    Inside { opened: u64 },
+    /// Just after a quote inside a quoted field: `""` (an escaped quote) or the end of it.
+    AfterQuote { opened: u64 },
+}
+
+/// Passes bytes through to the CSV parser and remembers where the line breaks are, so
+/// that a record's line can be computed from its byte offset. csv-core's own line count
+/// misses a CRLF, and the offset it gives for a record is where the previous record
+/// ended, before any blank lines. A line break is `\n`, `\r\n` or a lone `\r` (csv-core
+/// ends records at all three). Only the breaks the parser has not yet passed are kept.
+///
+/// It also follows the quoting, to tell whether the input ends inside a quoted field, and
+/// drops a UTF-8 byte-order mark at the start. (csv-core drops one only when it arrives
+/// whole in its first read; a pipe may hand over fewer than three bytes.)
 struct LineIndex<R> {
     inner: R,
+    /// The first bytes, held back until they are known not to be a byte-order mark.
+    probe: [u8; 3],
+    /// `(at, len)`: `probe[at..len]` is still to be passed on; `None` before the check.
+    probe_state: Option<(usize, usize)>,
+    /// 3 when a byte-order mark was dropped.
+    bom_len: u64,
+    /// Bytes passed on to the parser (after any byte-order mark).
     offset: u64,
-    newlines: std::collections::VecDeque<u64>,
+    /// `\r` and `\n` bytes not yet passed: offset, and whether it ends a line (a `\r`
+    /// followed by `\n` does not: the `\n` does).
+    terms: VecDeque<(u64, bool)>,
+    /// A `\r` that ended the last read: whether it ends a line depends on the next byte.
+    pending_cr: Option<u64>,
     line: u64,
+    quoting: Quoting,
+    eof: bool,
 }
 
 impl<R> LineIndex<R> {
     fn new(inner: R) -> LineIndex<R> {
         LineIndex {
             inner,
+            probe: [0; 3],
+            probe_state: None,
+            bom_len: 0,
             offset: 0,
-            newlines: std::collections::VecDeque::new(),
+            terms: VecDeque::new(),
+            pending_cr: None,
             line: 1,
+            quoting: Quoting::Outside { field_start: true },
+            eof: false,
         }
     }
 
-    /// The 1-based line of byte `byte`; calls must come in non-decreasing byte order.
-    fn line_of(&mut self, byte: u64) -> u64 {
-        while let Some(&nl) = self.newlines.front() {
-            // `<=`: after a CRLF csv-core reports a record as starting on the `\n`.
-            if nl > byte {
+    /// The 1-based line of the record csv reports at byte `byte`; calls must come in
+    /// non-decreasing byte order. csv reports where the previous record ended, so line
+    /// breaks at the offset itself (the `\n` of a CRLF, blank lines) come before the
+    /// record and are skipped (regression test: `csv_lines_after_blank_lines_and_crlf`).
+    fn line_of(&mut self, mut byte: u64) -> u64 {
+        while let Some(&(at, ends_line)) = self.terms.front() {
+            if at > byte {
                 break;
             }
-            self.newlines.pop_front();
-            self.line += 1;
+            if at == byte {
+                byte += 1;
+            }
+            self.terms.pop_front();
+            if ends_line {
+                self.line += 1;
+            }
         }
         self.line
+    }
+
+    /// The byte offset of the quote that opened the quoted field the input ended in, once
+    /// the end of the input has been read.
+    fn open_quote_at_eof(&self) -> Option<u64> {
+        match self.quoting {
+            Quoting::Inside { opened } if self.eof => Some(opened),
+            _ => None,
+        }
+    }
+
+    fn index_breaks(&mut self, buf: &[u8]) {
+        if let Some(cr) = self.pending_cr.take() {
+            self.terms.push_back((cr, buf.first() != Some(&b'\n')));
+        }
+        for i in memchr::memchr2_iter(b'\n', b'\r', buf) {
+            let at = self.offset + i as u64;
+            if buf[i] == b'\n' {
+                self.terms.push_back((at, true));
+            } else if i + 1 < buf.len() {
+                self.terms.push_back((at, buf[i + 1] != b'\n'));
+            } else {
+                self.pending_cr = Some(at);
+            }
+        }
+    }
+
+    /// Follows the quoting through `buf` as csv-core does with its default dialect: a `"`
+    /// opens a quoted field only as the first byte of a field; inside, `""` is a quote.
+    fn follow_quotes(&mut self, buf: &[u8]) {
+        let is_sep = |b: u8| matches!(b, b',' | b'\n' | b'\r');
+        let mut i = 0;
+        while i < buf.len() {
+            match self.quoting {
+                Quoting::Outside { field_start } => match memchr::memchr(b'"', &buf[i..]) {
+                    None => {
+                        self.quoting = Quoting::Outside {
+                            field_start: is_sep(buf[buf.len() - 1]),
+                        };
+                        i = buf.len();
+                    }
+                    Some(k) => {
+                        let q = i + k;
+                        let opens = if q > i {
+                            is_sep(buf[q - 1])
+                        } else {
+                            field_start
+                        };
+                        self.quoting = if opens {
+                            Quoting::Inside {
+                                opened: self.offset + q as u64,
+                            }
+                        } else {
+                            Quoting::Outside { field_start: false }
+                        };
+                        i = q + 1;
+                    }
+                },
+                Quoting::Inside { opened } => match memchr::memchr(b'"', &buf[i..]) {
+                    None => i = buf.len(),
+                    Some(k) => {
+                        self.quoting = Quoting::AfterQuote { opened };
+                        i += k + 1;
+                    }
+                },
+                Quoting::AfterQuote { opened } => {
+                    if buf[i] == b'"' {
+                        self.quoting = Quoting::Inside { opened };
+                        i += 1;
+                    } else {
+                        // The field ended; this byte is seen again as outside.
+                        self.quoting = Quoting::Outside { field_start: false };
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> LineIndex<R> {
+    /// Reads the first (up to) three bytes and drops them if they are a byte-order mark.
+    fn check_bom(&mut self) -> io::Result<(usize, usize)> {
+        const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+        let mut len = 0;
+        while len < 3 && self.probe[..len] == BOM[..len] {
+            let n = self.inner.read(&mut self.probe[len..])?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        if &self.probe[..len] == BOM {
+            self.bom_len = 3;
+            return Ok((0, 0));
+        }
+        Ok((0, len))
     }
 }
 
 impl<R: Read> Read for LineIndex<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
-            self.newlines.push_back(self.offset + i as u64);
+        if buf.is_empty() {
+            return Ok(0);
         }
+        // csv-core drops a BOM at the start of the first input it is given if that input
+        // holds 3 bytes or more. The BOM was dealt with here: hand over one byte first, so
+        // that a second BOM (part of the first name) is kept however the input is read.
+        let buf = if self.offset == 0 { &mut buf[..1] } else { buf };
+        let (at, len) = match self.probe_state {
+            Some(state) => state,
+            None => self.check_bom()?,
+        };
+        let n = if at < len {
+            let n = (len - at).min(buf.len());
+            buf[..n].copy_from_slice(&self.probe[at..at + n]);
+            self.probe_state = Some((at + n, len));
+            n
+        } else {
+            self.probe_state = Some((len, len));
+            self.inner.read(buf)?
+        };
+        if n == 0 {
+            self.eof = true;
+            if let Some(cr) = self.pending_cr.take() {
+                self.terms.push_back((cr, true));
+            }
+            return Ok(0);
+        }
+        self.index_breaks(&buf[..n]);
+        self.follow_quotes(&buf[..n]);
         self.offset += n as u64;
         Ok(n)
     }
@@ -356,6 +593,10 @@ impl<R: Read> Read for LineIndex<R> {
 
 /// Reads one JSON object per line. Blank lines are skipped. Keys missing from a line are
 /// absent in its row; a key first seen mid-batch becomes a new column.
+///
+/// A batch's columns are the union of its lines' keys in first-seen order, so a line
+/// whose keys come in another order than the batch's columns is written back in the
+/// batch's order.
 pub struct JsonlReader<R> {
     inner: R,
     input: u32,
@@ -365,8 +606,18 @@ pub struct JsonlReader<R> {
     fields: Vec<(usize, Kind, usize, usize)>,
     text: String,
     new_names: Vec<String>,
+    /// Column of each name: of the batch's columns when it is wide (a linear search per
+    /// key would make a wide line quadratic), and of `new_names`.
+    index: std::collections::HashMap<String, usize>,
+    /// Whether `index` holds the batch's columns (it does for wide batches).
+    indexed: bool,
+    /// The line in `buf` was read but did not fit the last batch: it starts the next one.
+    pending: Option<Pos>,
     done: bool,
 }
+
+/// Above this many columns, keys are looked up through a hash map.
+const WIDE: usize = 32;
 
 impl<R: BufRead> JsonlReader<R> {
     /// A reader over `input`, whose records are tagged with `input_index`.
@@ -380,8 +631,35 @@ impl<R: BufRead> JsonlReader<R> {
             fields: Vec::new(),
             text: String::new(),
             new_names: Vec::new(),
+            index: std::collections::HashMap::new(),
+            indexed: false,
+            pending: None,
             done: false,
         }
+    }
+
+    /// The column of `key` in `batch`, or of a name new in this line.
+    fn find_column(&mut self, batch: &Batch, key: &str) -> Option<usize> {
+        let width = batch.width();
+        if !self.indexed && width + self.new_names.len() > WIDE {
+            self.index.clear();
+            for (i, name) in batch.columns().enumerate() {
+                self.index.insert(name.to_owned(), i);
+            }
+            for (i, name) in self.new_names.iter().enumerate() {
+                self.index.insert(name.clone(), width + i);
+            }
+            self.indexed = true;
+        }
+        if self.indexed {
+            return self.index.get(key).copied();
+        }
+        batch.column(key).or_else(|| {
+            self.new_names
+                .iter()
+                .position(|n| n == key)
+                .map(|n| width + n)
+        })
     }
 
     /// Parses `line` into `self.fields` / `self.text`, resolving keys against `batch`'s
@@ -389,7 +667,12 @@ impl<R: BufRead> JsonlReader<R> {
     fn parse_line(&mut self, line: &str, batch: &Batch) -> Result<(), String> {
         self.fields.clear();
         self.text.clear();
-        self.new_names.clear();
+        // New names left from a line that was not added (a bad line) are no columns.
+        for name in self.new_names.drain(..) {
+            if self.indexed {
+                self.index.remove(&name);
+            }
+        }
         let mut de = serde_json::Deserializer::from_str(line);
         let pairs = de
             .deserialize_map(PairsVisitor)
@@ -401,13 +684,15 @@ impl<R: BufRead> JsonlReader<R> {
             // first.
             let col = if i < width && batch.column_name(i) == key.as_ref() {
                 i
-            } else if let Some(c) = batch.column(key) {
+            } else if let Some(c) = self.find_column(batch, key) {
                 c
-            } else if let Some(n) = self.new_names.iter().position(|n| n == key) {
-                width + n
             } else {
                 self.new_names.push(key.to_string());
-                width + self.new_names.len() - 1
+                let c = width + self.new_names.len() - 1;
+                if self.indexed {
+                    self.index.insert(key.to_string(), c);
+                }
+                c
             };
             let raw = raw.get();
             let (kind, text): (Kind, Cow<'_, str>) = match raw.as_bytes()[0] {
@@ -433,12 +718,10 @@ impl<R: BufRead> JsonlReader<R> {
             };
             let start = self.text.len();
             self.text.push_str(&text);
-            // A repeated key: the last value wins, as in serde_json's own maps.
-            if let Some(f) = self.fields.iter_mut().find(|f| f.0 == col) {
-                *f = (col, kind, start, text.len());
-            } else {
-                self.fields.push((col, kind, start, text.len()));
-            }
+            // A repeated key: the cells are set in order, so the last value wins, as in
+            // serde_json's own maps. (Searching `fields` for the column instead made a
+            // line with n keys cost O(n²).)
+            self.fields.push((col, kind, start, text.len()));
         }
         Ok(())
     }
@@ -447,8 +730,9 @@ impl<R: BufRead> JsonlReader<R> {
 fn json_reason(e: &serde_json::Error) -> String {
     let mut msg = e.to_string();
     if let Some(i) = msg.rfind(" at line ") {
-        // Each record is one line: the column is what helps.
-        msg = format!("{} at column {}", &msg[..i], e.column());
+        // Each record is one line: the column is what helps. serde_json says column 0
+        // for an error at the first character (a line that is not an object).
+        msg = format!("{} at column {}", &msg[..i], e.column().max(1));
     }
     format!("invalid JSON: {msg}")
 }
@@ -500,40 +784,66 @@ impl<R: BufRead + Send> Reader for JsonlReader<R> {
         max: usize,
         bad: &mut Vec<BadRecord>,
     ) -> io::Result<bool> {
-        if self.done {
+        if self.done && self.pending.is_none() {
             return Ok(false);
         }
+        if batch.is_empty() && batch.width() > 0 {
+            // A batch recycled with `clear_rows` keeps its columns; this batch's columns
+            // must be the union of its own lines' keys.
+            batch.set_columns(std::iter::empty::<&str>());
+        }
+        self.indexed = false;
         let mut got_any = false;
-        while batch.len() < max {
-            self.buf.clear();
-            let n = self.inner.read_until(b'\n', &mut self.buf)?;
-            if n == 0 {
-                self.done = true;
-                break;
-            }
-            got_any = true;
-            self.bytes += n as u64;
-            self.line_no += 1;
-            let pos = Pos {
-                input: self.input,
-                line: self.line_no,
+        // Bad lines count towards `max` too, so that a run of them is handed to the
+        // caller's policy a batch at a time instead of piling up in memory.
+        let mut taken = 0;
+        while taken < max {
+            let pos = match self.pending.take() {
+                Some(pos) => pos,
+                None => {
+                    self.buf.clear();
+                    let n = self.inner.read_until(b'\n', &mut self.buf)?;
+                    if n == 0 {
+                        self.done = true;
+                        break;
+                    }
+                    self.bytes += n as u64;
+                    self.line_no += 1;
+                    while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
+                        self.buf.pop();
+                    }
+                    if self.line_no == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+                        self.buf.drain(..3);
+                    }
+                    if self.buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    Pos {
+                        input: self.input,
+                        line: self.line_no,
+                    }
+                }
             };
-            let mut line = std::mem::take(&mut self.buf);
-            while matches!(line.last(), Some(b'\n' | b'\r')) {
-                line.pop();
-            }
-            if self.line_no == 1 && line.starts_with(b"\xEF\xBB\xBF") {
-                line.drain(..3);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                self.buf = line;
-                continue;
-            }
+            got_any = true;
+            taken += 1;
+            let line = std::mem::take(&mut self.buf);
             let parsed = match std::str::from_utf8(&line) {
                 Err(e) => Err(format!("invalid UTF-8 at column {}", e.valid_up_to() + 1)),
                 Ok(text) => self.parse_line(text, batch),
             };
+            let parsed = parsed.and_then(|()| {
+                if self.text.len() > RECORD_BYTES {
+                    Err(too_large(self.text.len()))
+                } else {
+                    Ok(())
+                }
+            });
             match parsed {
+                Ok(()) if !batch_has_room(batch, self.text.len()) => {
+                    self.buf = line;
+                    self.pending = Some(pos);
+                    break;
+                }
                 Ok(()) => {
                     for name in std::mem::take(&mut self.new_names) {
                         batch.add_column(&name);
@@ -552,7 +862,11 @@ impl<R: BufRead + Send> Reader for JsonlReader<R> {
                 Err(reason) => bad.push(BadRecord {
                     pos,
                     reason,
-                    raw: serde_json::Value::String(String::from_utf8_lossy(&line).into_owned()),
+                    raw: if line.len() > RECORD_BYTES {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::Value::String(String::from_utf8_lossy(&line).into_owned())
+                    },
                 }),
             }
             self.buf = line;
@@ -929,6 +1243,32 @@ mod tests {
             bad[0].reason
         );
         assert_eq!(batches[0].width(), 1);
+    }
+
+    /// Under `cfg(test)` a batch stops at 64 bytes and a record may hold 256.
+    #[test]
+    fn oversized_records_are_bad_records() {
+        let row = "x".repeat(40);
+        let big = "y".repeat(300);
+        let csv = format!("a\n{row}\n{row}\n{big}\n{row}\n");
+        let (batches, bad) = read_all(Format::Csv, csv.as_bytes());
+        // Two rows of 40 bytes do not fit one 64-byte batch.
+        assert_eq!(
+            batches.iter().map(Batch::len).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert!(batches.iter().all(|b| b.data_len() <= 64));
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].pos.line, 4);
+        assert!(bad[0].reason.contains("too large"), "{}", bad[0].reason);
+
+        let jsonl = format!("{{\"a\":\"{row}\"}}\n{{\"a\":\"{row}\"}}\n{{\"a\":\"{big}\"}}\n");
+        let (batches, bad) = read_all(Format::Jsonl, jsonl.as_bytes());
+        assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(batches[1].row(0).pos().line, 2);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].pos.line, 3);
+        assert_eq!(bad[0].raw, serde_json::Value::Null);
     }
 
     #[test]
