@@ -62,9 +62,21 @@ pub enum CommandLine {
     /// Run declarative tests of pipelines and stages (TOML files of [[tests]]).
     #[command(after_help = "Example: pipe test tests/pipelines/*.toml")]
     Test(TestArgs),
+    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `pipe man > pipe.1 && man ./pipe.1`.
+    Man,
     /// Scaffold a new stage in stages/NAME, registered in the workspace.
     #[command(after_help = "Then: cargo build --release && pipe stages")]
     New(NewArgs),
+}
+
+/// `pipe completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `pipe test`.

@@ -4,7 +4,10 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{BenchArgs, CheckArgs, GenerateArgs, GenerateKind, NewArgs, StagesArgs, TestArgs};
+use crate::cli::{
+    BenchArgs, CheckArgs, CompletionsArgs, GenerateArgs, GenerateKind, NewArgs, StagesArgs,
+    TestArgs,
+};
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
 use crate::engine;
 use crate::loader::{self, Plugin};
@@ -214,5 +217,24 @@ pub fn test(args: TestArgs) -> u8 {
         Ok(s) if s.failed == 0 => 0,
         Ok(_) => 1,
         Err(e) => fail(2, &e),
+    }
+}
+
+/// `pipe completions SHELL`: generated from the clap definition.
+pub fn completions(args: CompletionsArgs) -> u8 {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    clap_complete::generate(args.shell, &mut cmd, "pipe", &mut std::io::stdout());
+    0
+}
+
+/// `pipe man`: the man page, generated from the clap definition.
+pub fn man() -> u8 {
+    use clap::CommandFactory;
+    let cmd = crate::cli::Cli::command();
+    match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(1, &e),
     }
 }

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         CommandLine::Generate(args) => commands::generate(args),
         CommandLine::New(args) => commands::new_stage(args),
         CommandLine::Test(args) => commands::test(args),
+        CommandLine::Completions(args) => commands::completions(args),
+        CommandLine::Man => commands::man(),
     };
     pipe::loader::cleanup();
     ExitCode::from(code)
