@@ -18,6 +18,29 @@ pub fn fail(code: u8, error: &dyn Display) -> u8 {
     code
 }
 
+/// Writes to stdout. `Err(code)` when it cannot: a reader that went away (`pipe stages |
+/// head -1`) ends the command quietly with 0, as in `pipe run`; any other failure is an
+/// error (1). `println!` would panic on a closed pipe (loading.rs:
+/// `listings_to_a_closed_stdout_end_quietly`).
+fn print_out(text: std::fmt::Arguments<'_>) -> Result<(), u8> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(0),
+        Err(e) => Err(fail(1, &format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// `println!` through [`print_out`]: returns from the command when stdout is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        if let Err(code) = print_out(format_args!("{}\n", format_args!($($arg)*))) {
+            return code;
+        }
+    };
+}
+
 /// Loads the config and picks the pipeline and the inputs from `pipe run`'s positional
 /// arguments: the first is the pipeline when the config defines one by that name.
 pub fn plan_run(
@@ -44,11 +67,24 @@ pub fn check(args: CheckArgs) -> u8 {
         Ok(p) => p,
         Err(e) => return fail(1, &e),
     };
+    // What `pipe run` refuses must not pass the check (faults.rs:
+    // pipe_check_reports_a_dead_letter_policy_without_a_file).
+    if plan.needs_dead_letter() && plan.dead_letter.is_none() {
+        return fail(
+            1,
+            &format!(
+                "pipeline `{}` sends records to the dead letter, but no file is set: add \
+                 `dead_letter = \"rejects.jsonl\"` to the pipeline or pass --dead-letter FILE \
+                 to `pipe run`",
+                plan.name
+            ),
+        );
+    }
     let setups = match engine::prepare(&plan.stages, engine::log_stderr) {
         Ok(s) => s,
         Err(e) => return fail(1, &e),
     };
-    println!(
+    outln!(
         "pipeline `{}`{}: {} stage{}, ok",
         plan.name,
         plan.description
@@ -59,7 +95,7 @@ pub fn check(args: CheckArgs) -> u8 {
         if setups.len() == 1 { "" } else { "s" }
     );
     for s in &setups {
-        println!(
+        outln!(
             "  {:<16} {:<10} {:<8} {} worker{}  {}",
             s.spec.name,
             s.plugin.manifest.name,
@@ -117,7 +153,7 @@ pub fn stages(args: StagesArgs) -> u8 {
             let name = stem.strip_prefix(DLL_PREFIX).unwrap_or(stem);
             found += 1;
             match Plugin::load(name, &f, None) {
-                Ok(p) => println!(
+                Ok(p) => outln!(
                     "{:<12} {:<8} ok   {}  {}",
                     p.manifest.name,
                     p.manifest.version,
@@ -126,7 +162,7 @@ pub fn stages(args: StagesArgs) -> u8 {
                 ),
                 Err(e) => {
                     broken += 1;
-                    println!("{name:<12} {:<8} FAIL {}", "?", e);
+                    outln!("{name:<12} {:<8} FAIL {}", "?", e);
                 }
             }
         }
@@ -162,9 +198,9 @@ pub fn bench(args: BenchArgs) -> u8 {
     match crate::bench::bench(plan, opts) {
         Ok(r) => {
             if args.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                print!("{}", r.table());
+                outln!("{}", r.table().trim_end());
             }
             0
         }

@@ -214,6 +214,15 @@ pub struct PipelinePlan {
     pub stages: Vec<StageSpec>,
 }
 
+impl PipelinePlan {
+    /// Whether a policy sends records to the dead-letter file (which must then be set,
+    /// in the pipeline or with `--dead-letter`).
+    pub fn needs_dead_letter(&self) -> bool {
+        self.on_bad_input == Policy::DeadLetter
+            || self.stages.iter().any(|s| s.on_error == Policy::DeadLetter)
+    }
+}
+
 /// Where the config is: `-c`, else `$PIPE_CONFIG`, else `./pipelines.toml`.
 pub fn config_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
@@ -337,7 +346,9 @@ impl PipelinesConfig {
                         search,
                     }
                 }
-                (None, Some(argv)) if !argv.is_empty() => StageKind::Command { argv: argv.clone() },
+                (None, Some(argv)) if !argv.is_empty() => StageKind::Command {
+                    argv: resolve_command(&base, argv),
+                },
                 (None, Some(_)) => return Err(at("`command` is empty".into())),
                 (Some(_), Some(_)) => {
                     return Err(at("give either `plugin` or `command`, not both".into()))
@@ -403,6 +414,24 @@ impl PipelinesConfig {
             stages,
         })
     }
+}
+
+/// A process stage's `command`, with every relative path that names a file in the config
+/// file's directory taken from there (`["python3", "geo.py"]` next to `pipelines.toml`
+/// runs that `geo.py` whatever the working directory). Anything else is kept as written:
+/// a bare program name is looked up on `PATH` when the stage starts.
+fn resolve_command(base: &Path, argv: &[String]) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            let p = Path::new(a);
+            let local = base.join(p);
+            if p.is_relative() && !a.is_empty() && local.is_file() {
+                local.to_string_lossy().into_owned()
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
 }
 
 /// toml's error as one or two lines: "line 12, column 3: unknown field `wokers`, expected
@@ -476,6 +505,29 @@ mod tests {
             none.contains("pipelines.x.stages[0]: needs `plugin"),
             "{none}"
         );
+    }
+
+    #[test]
+    fn command_paths_resolve_against_the_config_dir_when_the_file_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("geo.py"), "").unwrap();
+        let path = dir.path().join("pipelines.toml");
+        let c = PipelinesConfig::parse(
+            &path,
+            "[pipelines.x]\n[[pipelines.x.stages]]\ncommand = [\"python3\", \"geo.py\", \"-v\"]\n",
+        )
+        .unwrap();
+        let p = c.plan(&path, "x").unwrap();
+        let StageKind::Command { argv } = &p.stages[0].kind else {
+            panic!("{:?}", p.stages[0].kind)
+        };
+        assert_eq!(
+            argv[0], "python3",
+            "programs not beside the config come from PATH"
+        );
+        assert_eq!(Path::new(&argv[1]), dir.path().join("geo.py"));
+        assert_eq!(argv[2], "-v");
+        assert_eq!(p.stages[0].name, "geo");
     }
 
     #[test]

@@ -512,6 +512,11 @@ fn read_inputs(
             }
         };
         let mut reader = codec::reader(format, source, i as u32);
+        if name == "-" {
+            // A pipe or a terminal may go quiet: hand on what has arrived instead of
+            // waiting for a full batch.
+            reader.set_ready_probe(Box::new(stdin_ready));
+        }
         let mut first = true;
         loop {
             let mut batch = Batch::new();
@@ -567,6 +572,25 @@ fn read_inputs(
         bytes_before += reader.bytes_read();
     }
     Ok(())
+}
+
+/// Whether stdin has data (or EOF) to read without blocking.
+fn stdin_ready() -> bool {
+    #[cfg(unix)]
+    {
+        let mut fds = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut fds, 1, 0) };
+        n != 0
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
 }
 
 /// The feeder thread: numbers batches, performs reload commands, stops on a signal.
@@ -687,6 +711,13 @@ fn sink(
                             Msg::Drain { ack, .. } => {
                                 let _ = ack.send(());
                             }
+                        }
+                    }
+                    // Nothing more is waiting: hand what we have to the reader of our
+                    // output now (a slow stream must not sit in a buffer).
+                    if rx.is_empty() {
+                        if let Err(e) = writer.flush() {
+                            return write_error(codec::WriteError::Io(e));
                         }
                     }
                 }

@@ -18,15 +18,36 @@ pub enum RunError {
         /// The stage's reason.
         reason: String,
     },
+    /// A stage failed on a whole batch (an error or a panic) under `on_error = "fail"`:
+    /// which of its records was at fault is not known.
+    #[error(
+        "stage `{stage}` failed on the batch of {count} records at {input}:{first}-{last}: {reason}\n\
+         (on_error = \"fail\" stops the run; set on_error = \"skip\" or \"dead-letter\" on the stage to go on)"
+    )]
+    BatchFailed {
+        /// The stage.
+        stage: String,
+        /// The input file (`-` for stdin).
+        input: String,
+        /// Records in the batch.
+        count: usize,
+        /// The line of the batch's first record.
+        first: u64,
+        /// The line of its last record.
+        last: u64,
+        /// The stage's reason.
+        reason: String,
+    },
     /// The source could not read a record under `on_bad_input = "fail"`.
     #[error(
-        "bad input at {input}:{line}: {reason}\n\
-         (on_bad_input = \"fail\" stops the run; set on_bad_input = \"skip\" or \"dead-letter\" in the pipeline to go on)"
+        "{}{reason}\n\
+         (on_bad_input = \"fail\" stops the run; set on_bad_input = \"skip\" or \"dead-letter\" in the pipeline to go on)",
+        bad_input_at(input, *line)
     )]
     BadInput {
         /// The input file.
         input: String,
-        /// The line.
+        /// The line; 0 when the input as a whole could not be read (not found).
         line: u64,
         /// What is wrong.
         reason: String,
@@ -65,4 +86,14 @@ pub enum RunError {
     /// Output rows do not fit the output format.
     #[error("cannot write the output: {0}")]
     Output(String),
+}
+
+/// Where bad input is: `bad input at FILE:LINE: `, or `FILE: ` for a whole input (a file
+/// that cannot be opened has no line 0 to point at).
+fn bad_input_at(input: &str, line: u64) -> String {
+    if line == 0 {
+        format!("{input}: ")
+    } else {
+        format!("bad input at {input}:{line}: ")
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
-use pipe_sdk::abi::{StageBox, StageMod_Ref, SDK_VERSION};
+use pipe_sdk::abi::{ErrorKind, StageBox, StageMod_Ref, SDK_VERSION};
 use sha2::{Digest, Sha256};
 
 /// What a plugin says about itself (host-side copy of the ABI manifest).
@@ -123,13 +123,13 @@ pub enum LoadError {
         message: String,
     },
     /// `new(config)` failed or panicked.
-    #[error("{path}: stage `{plugin}` refused its config: {message}")]
+    #[error("{path}: stage `{plugin}` {message}")]
     Instance {
         /// The file.
         path: PathBuf,
         /// The plugin name.
         plugin: String,
-        /// The stage's message.
+        /// What went wrong: `refused its config: ...` or `panicked while starting: ...`.
         message: String,
     },
 }
@@ -355,7 +355,16 @@ impl Plugin {
         made.map_err(|e| LoadError::Instance {
             path: self.path.clone(),
             plugin: self.manifest.name.clone(),
-            message: e.to_string(),
+            // A panic is not the config's fault: saying "refused its config" would send
+            // the user looking for a typo (faults.rs: a_panic_in_new_is_a_start_error).
+            message: if e.kind == ErrorKind::Panicked {
+                format!(
+                    "panicked while starting: {}; this is a bug in the plugin",
+                    e.message
+                )
+            } else {
+                format!("refused its config: {e}")
+            },
         })
     }
 
@@ -376,17 +385,27 @@ impl Plugin {
     }
 }
 
-/// Opens a library and checks it exports a compatible stage root module.
-fn open_checked(path: &Path) -> Result<StageMod_Ref, String> {
-    let header = lib_header_from_path(path).map_err(describe)?;
-    header.init_root_module::<StageMod_Ref>().map_err(describe)
+/// Opens a library (the private copy at `copy`) and checks it exports a compatible stage
+/// root module.
+fn open_checked(copy: &Path) -> Result<StageMod_Ref, String> {
+    let header = lib_header_from_path(copy).map_err(|e| describe(e, copy))?;
+    header
+        .init_root_module::<StageMod_Ref>()
+        .map_err(|e| describe(e, copy))
 }
 
-/// abi_stable's errors, in a user's words; layout reports are cut to their first lines.
-fn describe(e: LibraryError) -> String {
+/// abi_stable's errors, in a user's words. The private copy's path is left out: the
+/// message names the user's file, and the copy is gone by the time it is read.
+fn describe(e: LibraryError, copy: &Path) -> String {
     match e {
         LibraryError::OpenError { err, .. } => {
-            format!("not a loadable library: {err}")
+            let text = err.to_string();
+            let copy = format!("{}: ", copy.display());
+            format!(
+                "not a loadable library: {}; rebuild the plugin, or copy it again if a copy \
+                 was cut short",
+                text.replace(&copy, "").trim()
+            )
         }
         LibraryError::GetSymbolError { .. } => format!(
             "not a pipe stage: the library exports no `{}` root module (was it built with \
@@ -402,16 +421,15 @@ fn describe(e: LibraryError) -> String {
              compatible with {expected_version}; rebuild the plugin"
         ),
         LibraryError::AbiInstability(report) => {
-            let text = report.to_string();
-            let short: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .take(6)
-                .collect();
+            let found = layout_mismatches(&report.to_string());
             format!(
-                "the library's stage ABI does not match this pipe's (layout check failed); \
-                 rebuild it against the current pipe-sdk. abi_stable says: {}",
-                short.join(" / ")
+                "the library's stage ABI does not match this pipe's (layout check failed{}); \
+                 rebuild it against the current pipe-sdk",
+                if found.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", found.join("; "))
+                }
             )
         }
         other => {
@@ -424,6 +442,37 @@ fn describe(e: LibraryError) -> String {
             short.join(" / ")
         }
     }
+}
+
+/// The mismatches of an abi_stable layout report, one line each (`mismatched type:
+/// expected `StageMod`, found `BadMod``), without the type layouts it dumps around them
+/// (regression test: loading.rs, `a_library_with_another_layout_is_refused`).
+fn layout_mismatches(report: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut lines = report.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        let Some(what) = line.strip_prefix("Error:") else {
+            continue;
+        };
+        let mut expected = None;
+        let mut actual = None;
+        while let Some(l) = lines.next() {
+            match l {
+                "Expected:" => expected = lines.next(),
+                "Found:" => {
+                    actual = lines.next();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        found.push(match (expected, actual) {
+            (Some(e), Some(a)) => format!("{}: expected `{e}`, found `{a}`", what.trim()),
+            _ => what.trim().to_string(),
+        });
+    }
+    found.dedup();
+    found
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -551,6 +551,19 @@ impl StageRuntime {
                         })?;
                 }
                 let reason = e.to_string();
+                if spec.on_error == Policy::Fail && batch.len() > 1 {
+                    // The whole batch failed: naming its first record would point at a
+                    // record that may be fine.
+                    let first = batch.row(0).pos();
+                    return Err(RunError::BatchFailed {
+                        stage: spec.name.clone(),
+                        input: self.ctx.dead.input_name(first.input).to_string(),
+                        count: batch.len(),
+                        first: first.line,
+                        last: batch.row(batch.len() - 1).pos().line,
+                        reason,
+                    });
+                }
                 for row in batch.rows() {
                     self.reject(spec, row.pos(), &reason, || {
                         pipe_sdk::codec::row_to_json(row)

@@ -282,6 +282,40 @@ impl Batch {
         width
     }
 
+    /// Inserts a column at position `at` (0 = first). Rows already in the batch get
+    /// `Absent` there. Costs O(cells), like [`add_column`](Batch::add_column). No row may
+    /// be open.
+    pub fn insert_column(&mut self, at: usize, name: &str) {
+        debug_assert_eq!(self.open, 0, "insert_column: a row is open");
+        let width = self.names.len();
+        let at = at.min(width);
+        if at == width {
+            self.add_column(name);
+            return;
+        }
+        let rows = self.pos.len();
+        let mut names = RVec::with_capacity(width + 1);
+        names.extend_from_slice(&self.names[..at]);
+        names.push(RString::from(name));
+        names.extend_from_slice(&self.names[at..]);
+        self.names = names;
+        if rows > 0 {
+            let absent = Cell {
+                start: 0,
+                len: 0,
+                kind: Kind::Absent,
+            };
+            let mut cells = RVec::with_capacity(self.cells.len() + rows);
+            for r in 0..rows {
+                let row = &self.cells[r * width..(r + 1) * width];
+                cells.extend_from_copy_slice(&row[..at]);
+                cells.push(absent);
+                cells.extend_from_copy_slice(&row[at..]);
+            }
+            self.cells = cells;
+        }
+    }
+
     /// Starts a new row at `pos`. Push exactly [`width`](Batch::width) cells with
     /// [`push_value`](Batch::push_value) or [`push_str`](Batch::push_str), then call
     /// [`end_row`](Batch::end_row).
@@ -632,6 +666,19 @@ mod tests {
         b.end_row().unwrap();
         assert_eq!(b.row(2).get("name"), Value::Absent);
         assert_eq!(b.width(), 4);
+    }
+
+    #[test]
+    fn insert_column_keeps_rows_aligned() {
+        let mut b = sample();
+        b.insert_column(1, "mid");
+        assert_eq!(
+            b.columns().collect::<Vec<_>>(),
+            ["id", "mid", "name", "amount"]
+        );
+        assert_eq!(b.row(1).get("mid"), Value::Absent);
+        assert_eq!(b.row(1).get_str("name"), Some("bob"));
+        assert_eq!(b.row(0).get_f64("amount"), Some(1.5));
     }
 
     #[test]

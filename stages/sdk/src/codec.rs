@@ -88,6 +88,34 @@ pub trait Reader: Send {
 
     /// Bytes consumed so far (for progress).
     fn bytes_read(&self) -> u64;
+
+    /// Sets a probe that says whether more input can be read without blocking. With one
+    /// set, a reader that has used up what it buffered returns its batch early (at a
+    /// record boundary) when the probe says no, instead of blocking until the batch is
+    /// full: records from a slow producer (`tail -f`) flow at once. Without one (files),
+    /// batches are always full.
+    fn set_ready_probe(&mut self, probe: ReadyProbe);
+}
+
+/// See [`Reader::set_ready_probe`]: true when a read would not block.
+pub type ReadyProbe = Box<dyn FnMut() -> bool + Send>;
+
+/// How many bytes a buffered reader holds that were not consumed yet.
+pub trait Buffered {
+    /// Bytes buffered.
+    fn buffered_len(&self) -> usize;
+}
+
+impl<R> Buffered for io::BufReader<R> {
+    fn buffered_len(&self) -> usize {
+        self.buffer().len()
+    }
+}
+
+impl Buffered for &[u8] {
+    fn buffered_len(&self) -> usize {
+        self.len()
+    }
 }
 
 /// Makes the reader for `format` over `input`, tagging positions with `input_index`.
@@ -140,6 +168,7 @@ pub struct CsvReader<R> {
     /// `record` was read but did not fit the last batch: it starts the next one.
     pending: Option<Pos>,
     done: bool,
+    ready: Option<ReadyProbe>,
 }
 
 impl<R: Read> CsvReader<R> {
@@ -158,6 +187,7 @@ impl<R: Read> CsvReader<R> {
             record: csv::ByteRecord::new(),
             pending: None,
             done: false,
+            ready: None,
         }
     }
 
@@ -268,6 +298,10 @@ impl<R: Read> CsvReader<R> {
 }
 
 impl<R: Read + Send> Reader for CsvReader<R> {
+    fn set_ready_probe(&mut self, probe: ReadyProbe) {
+        self.ready = Some(probe);
+    }
+
     fn read_batch(
         &mut self,
         batch: &mut Batch,
@@ -294,6 +328,17 @@ impl<R: Read + Send> Reader for CsvReader<R> {
         // caller's policy a batch at a time instead of piling up in memory.
         let mut taken = 0;
         while taken < max {
+            // Everything handed to csv is parsed: the next record would block on a read.
+            if taken > 0
+                && self.pending.is_none()
+                && self.inner.position().byte() >= self.inner.get_ref().offset
+            {
+                if let Some(ready) = &mut self.ready {
+                    if !ready() {
+                        break;
+                    }
+                }
+            }
             let (pos, fresh) = match self.pending.take() {
                 Some(pos) => (pos, false),
                 None => {
@@ -594,9 +639,11 @@ impl<R: Read> Read for LineIndex<R> {
 /// Reads one JSON object per line. Blank lines are skipped. Keys missing from a line are
 /// absent in its row; a key first seen mid-batch becomes a new column.
 ///
-/// A batch's columns are the union of its lines' keys in first-seen order, so a line
-/// whose keys come in another order than the batch's columns is written back in the
-/// batch's order.
+/// A batch's columns are the union of its lines' keys, arranged so that every line's keys
+/// keep their order: a key first seen mid-batch is inserted after the key that precedes
+/// it in its line, and a line that orders two known keys the other way round starts a new
+/// batch. So JSON lines in → JSON lines out through identity stages gives back each line's
+/// keys in its own order.
 pub struct JsonlReader<R> {
     inner: R,
     input: u32,
@@ -614,6 +661,7 @@ pub struct JsonlReader<R> {
     /// The line in `buf` was read but did not fit the last batch: it starts the next one.
     pending: Option<Pos>,
     done: bool,
+    ready: Option<ReadyProbe>,
 }
 
 /// Above this many columns, keys are looked up through a hash map.
@@ -635,6 +683,7 @@ impl<R: BufRead> JsonlReader<R> {
             indexed: false,
             pending: None,
             done: false,
+            ready: None,
         }
     }
 
@@ -660,6 +709,78 @@ impl<R: BufRead> JsonlReader<R> {
                 .position(|n| n == key)
                 .map(|n| width + n)
         })
+    }
+
+    /// Makes room in `batch` for the parsed line's keys so that every line's keys keep
+    /// their order: a new key is inserted right after the key before it in the line (not
+    /// appended), so optional fields land where their lines have them. When the line
+    /// orders two known keys the other way round, a batch with rows cannot hold it
+    /// (false: it starts the next batch); an empty batch just takes the line's order.
+    /// On success `self.fields` name final column indexes.
+    fn place_columns(&mut self, batch: &mut Batch) -> bool {
+        let width = batch.width();
+        let mut seq: Vec<usize> = Vec::with_capacity(self.fields.len());
+        let mut increasing = true;
+        for f in &self.fields {
+            if seq.contains(&f.0) {
+                continue; // a repeated key keeps its first place
+            }
+            if let Some(&last) = seq.last() {
+                increasing &= f.0 > last;
+            }
+            seq.push(f.0);
+        }
+        if self.new_names.is_empty() && increasing {
+            return true;
+        }
+        let name_of = |id: usize, batch: &Batch, new: &[String]| -> String {
+            if id < width {
+                batch.column_name(id).to_owned()
+            } else {
+                new[id - width].clone()
+            }
+        };
+        let mut final_pos = vec![usize::MAX; width + self.new_names.len()];
+        if batch.is_empty() {
+            let names: Vec<String> = seq
+                .iter()
+                .map(|&id| name_of(id, batch, &self.new_names))
+                .collect();
+            batch.set_columns(&names);
+            for (i, &id) in seq.iter().enumerate() {
+                final_pos[id] = i;
+            }
+        } else {
+            let mut order: Vec<usize> = (0..width).collect();
+            let mut prev: Option<usize> = None;
+            for &id in &seq {
+                if id < width {
+                    let at = order.iter().position(|&x| x == id).unwrap_or(0);
+                    if prev.is_some_and(|p| at <= p) {
+                        return false;
+                    }
+                    prev = Some(at);
+                } else {
+                    let at = prev.map_or(0, |p| p + 1);
+                    order.insert(at, id);
+                    prev = Some(at);
+                }
+            }
+            for (pos, &id) in order.iter().enumerate() {
+                if id >= width {
+                    batch.insert_column(pos, &self.new_names[id - width]);
+                }
+                final_pos[id] = pos;
+            }
+        }
+        for f in &mut self.fields {
+            f.0 = final_pos[f.0];
+        }
+        self.new_names.clear();
+        // Column indexes moved: the wide-batch index is rebuilt on demand.
+        self.indexed = false;
+        self.index.clear();
+        true
     }
 
     /// Parses `line` into `self.fields` / `self.text`, resolving keys against `batch`'s
@@ -777,7 +898,11 @@ impl<'de> Visitor<'de> for PairsVisitor {
     }
 }
 
-impl<R: BufRead + Send> Reader for JsonlReader<R> {
+impl<R: BufRead + Buffered + Send> Reader for JsonlReader<R> {
+    fn set_ready_probe(&mut self, probe: ReadyProbe) {
+        self.ready = Some(probe);
+    }
+
     fn read_batch(
         &mut self,
         batch: &mut Batch,
@@ -798,6 +923,13 @@ impl<R: BufRead + Send> Reader for JsonlReader<R> {
         // caller's policy a batch at a time instead of piling up in memory.
         let mut taken = 0;
         while taken < max {
+            if taken > 0 && self.pending.is_none() && self.inner.buffered_len() == 0 {
+                if let Some(ready) = &mut self.ready {
+                    if !ready() {
+                        break;
+                    }
+                }
+            }
             let pos = match self.pending.take() {
                 Some(pos) => pos,
                 None => {
@@ -844,10 +976,14 @@ impl<R: BufRead + Send> Reader for JsonlReader<R> {
                     self.pending = Some(pos);
                     break;
                 }
+                Ok(()) if !self.place_columns(batch) => {
+                    // The line's keys come in an order the batch's columns cannot follow
+                    // without reordering another line: it starts the next batch.
+                    self.buf = line;
+                    self.pending = Some(pos);
+                    break;
+                }
                 Ok(()) => {
-                    for name in std::mem::take(&mut self.new_names) {
-                        batch.add_column(&name);
-                    }
                     batch.start_row(pos);
                     for _ in 0..batch.width() {
                         batch.push_raw(Kind::Absent, "");

@@ -119,14 +119,25 @@ fn ten_thousand_columns() {
     );
     let back = jsonl(&input);
     assert!(back.bad.is_empty());
-    let b = &back.batches[0];
+    // Every line keeps its own key order (DESIGN §3): the reversed line cannot share a
+    // batch with the first, so it starts the next one; the third line's new key is
+    // placed where that line has it (first), and its other keys follow the batch's order.
+    assert_eq!(back.batches.len(), 2);
+    assert_eq!(back.batches[0].width(), n);
+    let b = &back.batches[1];
     assert_eq!(b.width(), n + 1);
-    assert_eq!(b.column_name(n), "new");
-    assert_eq!(b.row(1).get_str("c0"), Some("0"));
-    assert_eq!(b.row(1).get_str("c9999"), Some("69993"));
-    assert_eq!(b.row(2).get("c9999"), pipe_sdk::Value::Absent);
-    assert_eq!(b.row(2).get("new"), pipe_sdk::Value::Int(1));
-    assert_eq!(b.row(2).get_str("c5000"), Some("35000"));
+    assert_eq!(b.column_name(0), "new");
+    assert_eq!(b.column_name(1), "c9999");
+    assert_eq!(b.row(0).get_str("c0"), Some("0"));
+    assert_eq!(b.row(0).get_str("c9999"), Some("69993"));
+    assert_eq!(b.row(1).get("c9999"), pipe_sdk::Value::Absent);
+    assert_eq!(b.row(1).get("new"), pipe_sdk::Value::Int(1));
+    assert_eq!(b.row(1).get_str("c5000"), Some("35000"));
+    assert_eq!(
+        std::str::from_utf8(&write_all(Format::Jsonl, &back.batches)).unwrap(),
+        input.replace("\"new\":1", "\"new\":1"),
+        "JSON lines come back with each line's own key order"
+    );
 
     // And back to CSV, in the header's order.
     let again = csv(write_all(Format::Csv, &all.batches));
