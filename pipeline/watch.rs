@@ -254,8 +254,9 @@ impl Coordinator {
         {
             return; // the run is ending
         }
-        match reply_rx.recv() {
-            Ok(out) => {
+        // No reply: the stream ended before the marker reached the stage.
+        if let Ok(out) = reply_rx.recv() {
+            {
                 if let Some(why) = out.refused {
                     tracing::warn!(
                         "swap of stage `{}` refused at the last step, version {} keeps running: {why}",
@@ -279,7 +280,6 @@ impl Coordinator {
                 live.plugin = plugin;
                 live.spec = spec;
             }
-            Err(_) => {} // the stream ended before the marker reached the stage
         }
     }
 

@@ -135,7 +135,7 @@ fn ten_thousand_columns() {
     assert_eq!(b.row(1).get_str("c5000"), Some("35000"));
     assert_eq!(
         std::str::from_utf8(&write_all(Format::Jsonl, &back.batches)).unwrap(),
-        input.replace("\"new\":1", "\"new\":1"),
+        input,
         "JSON lines come back with each line's own key order"
     );
 
