@@ -241,6 +241,13 @@ struct Version {
     spec: Arc<StageSpec>,
 }
 
+impl Version {
+    /// The limit the watchdog enforces (none for process stages, which enforce their own).
+    fn watchdog_timeout(&self) -> Option<Duration> {
+        self.plugin.watchdog_timeout(self.spec.timeout)
+    }
+}
+
 impl StageRuntime {
     /// The dispatcher: restores order, feeds workers, performs markers.
     fn dispatch(self, setup: StageSetup, input: Receiver<Msg>, start_seq: u64) {
@@ -263,7 +270,7 @@ impl StageRuntime {
             let rx = work_rx.clone();
             let v = version.clone();
             let done = completed.clone();
-            let slot = self.ctx.watchdog.register(&name, v.spec.timeout);
+            let slot = self.ctx.watchdog.register(&name, v.watchdog_timeout());
             let h = std::thread::Builder::new()
                 .name(format!("{name}#{i}"))
                 .spawn(move || rt.work(instance, v, rx, done, slot))
@@ -402,7 +409,7 @@ impl StageRuntime {
                                 .out
                                 .send(Msg::Batch {
                                     seq,
-                                    batch: out.take_batch(),
+                                    batch: out.resolve(batch),
                                 })
                                 .is_err()
                             {
@@ -429,7 +436,7 @@ impl StageRuntime {
                                     plugin: order.plugin.clone(),
                                     spec: Arc::new(order.spec.clone()),
                                 };
-                                slot.set_timeout(version.spec.timeout);
+                                slot.set_timeout(version.watchdog_timeout());
                             }
                             Err(why) => {
                                 if let Ok(mut r) = order.refused.lock() {
@@ -502,6 +509,7 @@ impl StageRuntime {
         self.stats.rows_in.fetch_add(batch.len() as u64, Relaxed);
         self.stats.batches.fetch_add(1, Relaxed);
         out.clear();
+        out.begin(batch);
         // Empty batches go through too: a header-only input still gets the stage's
         // output columns (select, compute), so the output has the right header.
         slot.start(if batch.is_empty() {
@@ -528,13 +536,18 @@ impl StageRuntime {
                         pipe_sdk::codec::row_to_json(row)
                     })?;
                 }
-                self.stats
-                    .rows_out
-                    .fetch_add(out.batch().len() as u64, Relaxed);
+                self.stats.rows_out.fetch_add(out.len() as u64, Relaxed);
                 Ok(())
             }
             Err(e) => {
                 self.stats.batch_errors.fetch_add(1, Relaxed);
+                if let Some(why) = version.plugin.gave_up() {
+                    // A process stage whose children keep failing (process.rs).
+                    return Err(RunError::Stage {
+                        stage: spec.name.clone(),
+                        message: why.to_string(),
+                    });
+                }
                 if e.kind == ErrorKind::Panicked {
                     self.stats.panics.fetch_add(1, Relaxed);
                     // A panicked instance may be half-updated: replace it before its

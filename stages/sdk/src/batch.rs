@@ -47,9 +47,9 @@ pub enum Kind {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell {
-    start: u32,
-    len: u32,
-    kind: Kind,
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+    pub(crate) kind: Kind,
 }
 
 /// Where a record came from: the index of its input (in the order the inputs were given)
@@ -461,6 +461,39 @@ impl Batch {
         }
     }
 
+    /// Keeps only rows `keep` (indexes in increasing order), in place: the cell table and
+    /// positions are compacted; the text stays where it is in the arena.
+    pub fn retain_rows(&mut self, keep: &[u32]) {
+        let w = self.names.len();
+        let mut cells = RVec::with_capacity(keep.len() * w);
+        let mut pos = RVec::with_capacity(keep.len());
+        for &r in keep {
+            let r = r as usize;
+            cells.extend_from_copy_slice(&self.cells[r * w..(r + 1) * w]);
+            pos.push(self.pos[r]);
+        }
+        self.cells = cells;
+        self.pos = pos;
+    }
+
+    /// Renames the columns, keeping the rows (the width must not change).
+    pub fn rename_columns<I, S>(&mut self, names: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let w = self.names.len();
+        self.names.clear();
+        for n in names {
+            self.names.push(RString::from(n.as_ref()));
+        }
+        assert_eq!(
+            self.names.len(),
+            w,
+            "rename_columns: the width cannot change"
+        );
+    }
+
     /// Appends every row of `other`, which must have the same columns.
     pub fn extend_from(&mut self, other: &Batch) {
         debug_assert!(self.same_columns(other));
@@ -474,6 +507,12 @@ impl Batch {
             });
         }
         self.pos.extend_from_copy_slice(&other.pos);
+    }
+
+    /// Row `r`'s cells and the arena they point into (for the writers' hot loops).
+    pub(crate) fn raw_row(&self, r: usize) -> (&[Cell], &[u8]) {
+        let w = self.names.len();
+        (&self.cells[r * w..(r + 1) * w], &self.data)
     }
 
     fn cell(&self, row: usize, col: usize) -> (Kind, &str) {

@@ -1066,24 +1066,58 @@ pub fn writer<'w, W: Write + Send + 'w>(format: Format, out: W) -> Box<dyn Write
     }
 }
 
-/// Writes CSV. The header is the columns of the first batch; later batches are matched
-/// to it by name (a missing field is an empty cell; a field the header lacks is an error,
-/// since CSV cannot grow a column mid-file).
+/// Writes CSV (RFC 4180, `\n` line ends). The header is the columns of the first batch;
+/// later batches are matched to it by name (a missing field is an empty cell; a field the
+/// header lacks is an error, since CSV cannot grow a column mid-file).
+///
+/// Fields are quoted only when they must be (they hold a comma, a quote, CR or LF; or a
+/// record is one empty field, which would otherwise read as a blank line), as the csv
+/// crate's `QuoteStyle::Necessary` does. The writer is our own rather than `csv::Writer`
+/// because it is on the hot path of every CSV run: it copies each cell straight from the
+/// batch's arena into one output buffer (see `benches/`).
 pub struct CsvWriter<W: Write> {
-    inner: csv::Writer<W>,
+    out: W,
+    buf: Vec<u8>,
     header: Option<Vec<String>>,
     /// For the current batch's columns: the header slot of each, rebuilt on change.
     order: Vec<Option<usize>>,
     order_for: Vec<String>,
 }
 
+/// Bytes that force a CSV field to be quoted.
+const fn quote_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    t[b',' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t
+}
+static NEEDS_QUOTE: [bool; 256] = quote_table();
+
+/// Appends one field, quoted if it must be.
+fn push_csv_field(buf: &mut Vec<u8>, f: &[u8]) {
+    if !f.iter().any(|&b| NEEDS_QUOTE[b as usize]) {
+        buf.extend_from_slice(f);
+        return;
+    }
+    buf.push(b'"');
+    let mut start = 0;
+    for i in memchr::memchr_iter(b'"', f) {
+        buf.extend_from_slice(&f[start..=i]);
+        buf.push(b'"');
+        start = i + 1;
+    }
+    buf.extend_from_slice(&f[start..]);
+    buf.push(b'"');
+}
+
 impl<W: Write> CsvWriter<W> {
     /// A writer over `out`.
     pub fn new(out: W) -> CsvWriter<W> {
         CsvWriter {
-            inner: csv::WriterBuilder::new()
-                .buffer_capacity(1 << 16)
-                .from_writer(out),
+            out,
+            buf: Vec::with_capacity(1 << 17),
             header: None,
             order: Vec::new(),
             order_for: Vec::new(),
@@ -1091,8 +1125,39 @@ impl<W: Write> CsvWriter<W> {
     }
 
     /// Flushes and returns the underlying writer.
-    pub fn into_inner(self) -> io::Result<W> {
-        self.inner.into_inner().map_err(|e| e.into_error())
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.drain()?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends one record of `fields`.
+    fn record<'a>(&mut self, fields: impl Iterator<Item = &'a [u8]>) -> io::Result<()> {
+        let start = self.buf.len();
+        let mut n = 0;
+        for f in fields {
+            if n > 0 {
+                self.buf.push(b',');
+            }
+            push_csv_field(&mut self.buf, f);
+            n += 1;
+        }
+        if n == 1 && self.buf.len() == start {
+            self.buf.extend_from_slice(b"\"\"");
+        }
+        self.buf.push(b'\n');
+        if self.buf.len() >= 1 << 16 {
+            self.drain()?;
+        }
+        Ok(())
     }
 }
 
@@ -1101,19 +1166,30 @@ impl<W: Write + Send> Writer for CsvWriter<W> {
         if batch.width() == 0 {
             return Ok(());
         }
-        let header = match &self.header {
-            Some(h) => h,
-            None => {
-                let h: Vec<String> = batch.columns().map(str::to_owned).collect();
-                self.inner.write_record(&h)?;
-                self.header.insert(h)
-            }
-        };
-        let direct = batch.columns().eq(header.iter().map(|s| s.as_str()));
-        if direct {
-            for row in batch.rows() {
-                self.inner
-                    .write_record((0..batch.width()).map(|c| row.raw(c).1.as_bytes()))?;
+        if self.header.is_none() {
+            let h: Vec<String> = batch.columns().map(str::to_owned).collect();
+            self.record(h.iter().map(|s| s.as_bytes()))?;
+            self.header = Some(h);
+        }
+        let header = self.header.as_ref().expect("set above");
+        if batch.columns().eq(header.iter().map(|s| s.as_str())) {
+            for r in 0..batch.len() {
+                let (cells, data) = batch.raw_row(r);
+                let start = self.buf.len();
+                for (i, c) in cells.iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    let f = &data[c.start as usize..(c.start + c.len) as usize];
+                    push_csv_field(&mut self.buf, f);
+                }
+                if cells.len() == 1 && self.buf.len() == start {
+                    self.buf.extend_from_slice(b"\"\"");
+                }
+                self.buf.push(b'\n');
+                if self.buf.len() >= 1 << 16 {
+                    self.drain()?;
+                }
             }
             return Ok(());
         }
@@ -1127,7 +1203,8 @@ impl<W: Write + Send> Writer for CsvWriter<W> {
             }
             self.order_for = batch.columns().map(str::to_owned).collect();
         }
-        let mut slots: Vec<&str> = vec![""; header.len()];
+        let width = header.len();
+        let mut slots: Vec<&str> = vec![""; width];
         for row in batch.rows() {
             slots.iter_mut().for_each(|s| *s = "");
             for (c, slot) in self.order.iter().enumerate() {
@@ -1147,14 +1224,15 @@ impl<W: Write + Send> Writer for CsvWriter<W> {
                     }
                 }
             }
-            self.inner
-                .write_record(slots.iter().map(|s| s.as_bytes()))?;
+            let fields: Vec<&[u8]> = slots.iter().map(|s| s.as_bytes()).collect();
+            self.record(fields.into_iter())?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.drain()?;
+        self.out.flush()
     }
 }
 

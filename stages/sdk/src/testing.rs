@@ -120,6 +120,7 @@ pub fn run_instance(
             break;
         }
         out.clear();
+        out.begin(&batch);
         stage.process(&batch, &mut out).into_result()?;
         for r in out.rejects() {
             let row = batch.row(r.row as usize);
@@ -129,7 +130,7 @@ pub fn run_instance(
                 reason: r.reason.to_string(),
             });
         }
-        run.batches.push(out.take_batch());
+        run.batches.push(out.resolve(batch));
     }
     out.clear();
     stage.finish(&mut out).into_result()?;
