@@ -112,10 +112,7 @@ pub fn load_stage(spec: &StageSpec) -> Result<Arc<Plugin>, StartError> {
                 .map(Arc::new)
                 .map_err(err)
         }
-        StageKind::Command { .. } => Err(StartError::Invalid(format!(
-            "stage `{}`: process stages (`command = [...]`) are not supported by this build",
-            spec.name
-        ))),
+        StageKind::Command { .. } => crate::process::load(spec).map(Arc::new).map_err(err),
     }
 }
 
@@ -329,6 +326,8 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
 
     // Reader → feeder.
     let (batch_tx, batch_rx) = bounded::<Batch>(plan.channel_capacity);
+    // Written batches go back to the reader, so their buffers are reused.
+    let (pool_tx, pool_rx) = bounded::<Batch>(plan.channel_capacity * 2 + 2);
     {
         let stats = stats.clone();
         let fatal = fatal_tx.clone();
@@ -347,6 +346,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
                     &dead,
                     &stats,
                     &batch_tx,
+                    &pool_rx,
                 ) {
                     let _ = fatal.send(e);
                 }
@@ -407,6 +407,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         output_format,
         &ctx,
         progress.as_ref(),
+        pool_tx,
     );
     if let Some(p) = &progress {
         p.finish();
@@ -470,6 +471,7 @@ fn read_inputs(
     dead: &DeadLetter,
     stats: &RunStats,
     tx: &Sender<Batch>,
+    pool: &Receiver<Batch>,
 ) -> Result<(), RunError> {
     let mut bad = Vec::new();
     let mut bytes_before = 0u64;
@@ -519,7 +521,8 @@ fn read_inputs(
         }
         let mut first = true;
         loop {
-            let mut batch = Batch::new();
+            // Batches the sink has written come back with their buffers grown.
+            let mut batch = pool.try_recv().unwrap_or_default();
             let more = reader
                 .read_batch(&mut batch, batch_size, &mut bad)
                 .map_err(|e| RunError::Io {
@@ -676,6 +679,7 @@ fn sink(
     format: Format,
     ctx: &Context,
     progress: Option<&crate::progress::Progress>,
+    pool: Sender<Batch>,
 ) -> Outcome {
     let mut writer = codec::writer(format, out);
     let mut pending: std::collections::BTreeMap<u64, Msg> = Default::default();
@@ -701,11 +705,13 @@ fn sink(
                     while let Some(msg) = pending.remove(&next) {
                         next += 1;
                         match msg {
-                            Msg::Batch { batch, .. } => {
+                            Msg::Batch { mut batch, .. } => {
                                 if let Err(e) = writer.write_batch(&batch) {
                                     return write_error(e);
                                 }
                                 ctx.stats.written.fetch_add(batch.len() as u64, Relaxed);
+                                batch.clear_rows();
+                                let _ = pool.try_send(batch);
                             }
                             Msg::Swap { .. } => {}
                             Msg::Drain { ack, .. } => {

@@ -185,6 +185,18 @@ fn check_ids_and_tags(out: &str, n: u64) -> Vec<String> {
     tags
 }
 
+/// (tag, length) of each run of equal tags.
+fn runs(tags: &[String]) -> Vec<(String, usize)> {
+    let mut v: Vec<(String, usize)> = Vec::new();
+    for t in tags {
+        match v.last_mut() {
+            Some((last, n)) if last == t => *n += 1,
+            _ => v.push((t.clone(), 1)),
+        }
+    }
+    v
+}
+
 fn switches(tags: &[String]) -> usize {
     tags.windows(2).filter(|w| w[0] != w[1]).count()
 }
@@ -196,7 +208,7 @@ fn a_million_records_survive_twenty_one_swaps_in_order() {
     let dest = sb.path("plugins/libtagger.so");
     let mut live = Live::start(&sb, &["run", "-v", "--stats=json"]);
     live.write("id,x\n");
-    let total: u64 = 1_050_000;
+    let total: u64 = 1_100_000; // 22 chunks: one before each of 21 swaps and one after the last
     let chunk = 50_000;
     let swaps = 21;
     let mut next = 0;
@@ -224,8 +236,9 @@ fn a_million_records_survive_twenty_one_swaps_in_order() {
     assert_eq!(
         switches(&tags),
         swaps,
-        "tags switched {} times",
-        switches(&tags)
+        "tags switched {} times; runs: {:?}; stderr:\n{err}",
+        switches(&tags),
+        runs(&tags)
     );
     assert_eq!(tags.last().unwrap(), "v2");
     let stats = common::Run {

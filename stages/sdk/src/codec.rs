@@ -1176,12 +1176,24 @@ impl<W: Write + Send> Writer for CsvWriter<W> {
             for r in 0..batch.len() {
                 let (cells, data) = batch.raw_row(r);
                 let start = self.buf.len();
+                // A row's cells usually lie side by side in the arena: when the bytes
+                // they span hold nothing that needs quoting (one SIMD scan), no cell
+                // does, and each is copied as it is.
+                let lo = cells.iter().map(|c| c.start).min().unwrap_or(0) as usize;
+                let hi = cells.iter().map(|c| c.start + c.len).max().unwrap_or(0) as usize;
+                let span = &data[lo..hi];
+                let plain = memchr::memchr3(b',', b'"', b'\n', span).is_none()
+                    && memchr::memchr(b'\r', span).is_none();
                 for (i, c) in cells.iter().enumerate() {
                     if i > 0 {
                         self.buf.push(b',');
                     }
                     let f = &data[c.start as usize..(c.start + c.len) as usize];
-                    push_csv_field(&mut self.buf, f);
+                    if plain {
+                        self.buf.extend_from_slice(f);
+                    } else {
+                        push_csv_field(&mut self.buf, f);
+                    }
                 }
                 if cells.len() == 1 && self.buf.len() == start {
                     self.buf.extend_from_slice(b"\"\"");
