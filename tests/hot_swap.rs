@@ -453,3 +453,48 @@ fn no_watch_turns_hot_reload_off() {
     let tags = check_ids_and_tags(&out, 2000);
     assert!(tags.iter().all(|t| t == "v1"));
 }
+
+#[test]
+fn a_new_version_whose_new_panics_or_fails_is_refused() {
+    let config = |extra: &str| {
+        format!(
+            "[settings]\ndebounce_ms = 100\n\n[pipelines.default]\n\n[[pipelines.default.stages]]\nplugin = \"faulty\"\nconfig = {{ {extra} }}\n"
+        )
+    };
+    let sb = Sandbox::with_config(&config(""));
+    let mut live = Live::start(&sb, &["run", "-v", "--stats=json"]);
+    live.write("id,x\n");
+    live.write(&records(0, 1000));
+    set_config(&sb, &config("panic_in_new = true"));
+    let l = live.expect_line("reload of stage `faulty` refused", 30);
+    assert!(l.contains("panicked"), "{l}");
+    assert!(
+        l.contains("src/lib.rs:"),
+        "the panic's location is given: {l}"
+    );
+    assert!(l.contains("libfaulty.so"), "{l}");
+    live.write(&records(1000, 2000));
+    set_config(&sb, &config("error_in_new = true"));
+    let l = live.expect_line("reload of stage `faulty` refused", 30);
+    assert!(l.contains("config refused"), "{l}");
+    live.write(&records(2000, 3000));
+    let (code, out, err) = live.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked at"), "{err}");
+    let ids: Vec<u64> = csv::Reader::from_reader(out.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..3000).collect::<Vec<_>>(),
+        "the old version kept serving"
+    );
+    let stats = common::Run {
+        code,
+        stdout: String::new(),
+        stderr: err,
+    }
+    .assert_balanced();
+    assert_eq!(stats["stages"][0]["swaps_refused"], 2);
+}
