@@ -24,8 +24,14 @@ struct Live {
 
 impl Live {
     fn start(sb: &Sandbox, args: &[&str]) -> Live {
+        // Plugin copies go to a private directory under XDG_RUNTIME_DIR (or TMPDIR): keep
+        // it inside the sandbox so tests can look at it.
+        let private = sb.path("run");
+        std::fs::create_dir_all(&private).unwrap();
         let mut child = sb
             .command(args)
+            .env("XDG_RUNTIME_DIR", &private)
+            .env("TMPDIR", &private)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -306,8 +312,21 @@ fn bad_new_versions_never_replace_a_good_one() {
     }
     live.write(&records(next, next + 1000));
     next += 1000;
+    // Every load copied a file into the private directory and unlinked it once mapped
+    // (or refused): nothing is left behind while the run goes on.
+    let private: Vec<_> = std::fs::read_dir(sb.path("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(private.len(), 1, "{private:?}");
+    let left: Vec<_> = std::fs::read_dir(&private[0]).unwrap().collect();
+    assert!(left.is_empty(), "plugin copies left behind: {left:?}");
     let (code, out, err) = live.finish();
     assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read_dir(sb.path("run")).unwrap().next().is_none(),
+        "the private directory is removed at exit"
+    );
     let tags = check_ids_and_tags(&out, next);
     assert!(
         tags.iter().all(|t| t == "v1"),
