@@ -114,7 +114,7 @@ impl fmt::Display for Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {source}{}", read_hint(source))]
     Read {
         /// The file.
         path: PathBuf,
@@ -137,6 +137,15 @@ pub enum ConfigError {
         /// What is wrong and where (pipeline, stage).
         message: String,
     },
+}
+
+/// What to do about a config file that cannot be read.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        "; name one with -c FILE or $PIPE_CONFIG, or run pipe where its pipelines.toml is"
+    } else {
+        ""
+    }
 }
 
 /// What runs one stage: a plugin library or a child process.

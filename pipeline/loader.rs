@@ -17,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use pipe_sdk::abi::{ErrorKind, StageBox, StageMod_Ref, SDK_VERSION};
@@ -71,7 +72,10 @@ impl fmt::Debug for Plugin {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Not found anywhere on the search path.
-    #[error("plugin `{plugin}` not found; looked for {names} in: {places}")]
+    #[error(
+        "plugin `{plugin}` not found; looked for {names} in: {places}; build it, or point \
+         the stage's `path` or settings.plugin_dir at its directory"
+    )]
     NotFound {
         /// The plugin name.
         plugin: String,
@@ -366,6 +370,26 @@ impl Plugin {
                 format!("refused its config: {e}")
             },
         })
+    }
+
+    /// The per-batch limit the runtime's watchdog enforces for this plugin's instances.
+    /// A process stage enforces `timeout_ms` itself (it kills the hung child and applies
+    /// the stage's policy to the batch), so the watchdog, which ends the run, leaves it
+    /// alone: the two would race.
+    pub fn watchdog_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
+        match &self.factory {
+            Factory::Library(_) => timeout,
+            Factory::Process(_) => None,
+        }
+    }
+
+    /// Why this plugin's instances must not run on: set when a process stage's children
+    /// failed too many times in a row (see `process.rs`). The runtime then stops the run.
+    pub fn gave_up(&self) -> Option<&str> {
+        match &self.factory {
+            Factory::Library(_) => None,
+            Factory::Process(spec) => spec.gave_up(),
+        }
     }
 
     /// A plugin whose instances are child processes: `manifest` comes from the

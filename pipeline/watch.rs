@@ -1,6 +1,11 @@
 //! Hot reload (DESIGN §7): watch the plugin files and the config, load a changed
 //! version side by side, and hand it to the feeder as a swap or a rebuild.
 //!
+//! A process stage is watched through its program file (`process::program_file`: the
+//! script of `["python3", "geo.py"]`); loading its new version starts a child and reads
+//! its handshake, and the instances of the swap are new children, handshaken before the
+//! old ones are drained and stopped. The swap itself is the same as for a library.
+//!
 //! The `notify` watcher only sends events; one coordinator thread owns all reload
 //! decisions, one at a time, so two changes never race each other. Watches are on the
 //! *directories* of the config and of each plugin file (non-recursive), because cargo and
@@ -22,7 +27,8 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::config::{PipelinePlan, PipelinesConfig, StageKind, StageSpec};
 use crate::engine::{effective_workers, load_stage, prepare, Command};
-use crate::loader::{self, Plugin};
+use crate::loader::{LoadError, Plugin};
+use crate::process;
 use crate::runtime::{SwapOrder, SwapOutcome};
 use crate::stats::RunStats;
 
@@ -60,6 +66,15 @@ fn normalise(p: &Path) -> PathBuf {
     }
 }
 
+/// Loads `spec`'s stage anew from `path`: a plugin library, or a process stage's program
+/// (a new child is started and handshaken; see `process.rs`).
+fn reload(spec: &StageSpec, path: &Path) -> Result<Plugin, LoadError> {
+    match &spec.kind {
+        StageKind::Plugin { plugin, .. } => Plugin::load(plugin, path, spec.sha256.as_deref()),
+        StageKind::Command { .. } => process::load(spec),
+    }
+}
+
 /// Starts watching the plan's config and plugins.
 pub fn start(
     plan: PipelinePlan,
@@ -82,16 +97,12 @@ pub fn start(
 
     let mut stages = Vec::new();
     for spec in &plan.stages {
-        let StageKind::Plugin { plugin, search } = &spec.kind else {
-            continue;
-        };
-        // The run has just loaded these; find them again for their paths.
-        let path = loader::find(plugin, search).map_err(|e| e.to_string())?;
+        // The run has just loaded these; load them again for their paths and versions.
         let loaded = load_stage(spec).map_err(|e| e.to_string())?;
         stages.push(Live {
             workers: effective_workers(spec, &loaded),
             spec: spec.clone(),
-            path: normalise(&path),
+            path: normalise(&loaded.path),
             plugin: loaded,
         });
     }
@@ -210,16 +221,9 @@ impl Coordinator {
                 live.plugin.manifest.version
             );
         };
-        let StageKind::Plugin {
-            plugin: plugin_name,
-            ..
-        } = &spec.kind
-        else {
-            return;
-        };
         let plugin = match plugin {
             Some(p) => p,
-            None => match Plugin::load(plugin_name, &live.path, spec.sha256.as_deref()) {
+            None => match reload(&spec, &live.path) {
                 Ok(p) => Arc::new(p),
                 Err(e) => return refuse(e.to_string()),
             },
@@ -324,9 +328,12 @@ impl Coordinator {
                 .collect();
             for i in changed {
                 let spec = new_plan.stages[i].clone();
-                // Same file: reuse the loaded plugin unless the pin changed.
-                let plugin = (spec.sha256 == self.stages[i].spec.sha256)
-                    .then(|| self.stages[i].plugin.clone());
+                // Same file: reuse the loaded plugin unless the pin changed. A process
+                // stage is loaded anew: its `timeout_ms` lives in the plugin, and the new
+                // config is checked by a new child's handshake before anything changes.
+                let plugin = (spec.sha256 == self.stages[i].spec.sha256
+                    && matches!(spec.kind, StageKind::Plugin { .. }))
+                .then(|| self.stages[i].plugin.clone());
                 self.swap(i, spec, plugin);
             }
             self.plan = new_plan;
@@ -340,21 +347,15 @@ impl Coordinator {
                 return;
             }
         };
-        let mut live = Vec::new();
-        for s in &setups {
-            let StageKind::Plugin { plugin, search } = &s.spec.kind else {
-                continue;
-            };
-            let Ok(path) = loader::find(plugin, search) else {
-                continue;
-            };
-            live.push(Live {
+        let live: Vec<Live> = setups
+            .iter()
+            .map(|s| Live {
                 spec: s.spec.clone(),
-                path: normalise(&path),
+                path: normalise(&s.plugin.path),
                 plugin: s.plugin.clone(),
                 workers: s.instances.len(),
-            });
-        }
+            })
+            .collect();
         let before: Vec<String> = self.stages.iter().map(|s| s.spec.name.clone()).collect();
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         if self
