@@ -329,25 +329,21 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     // Written batches go back to the reader, so their buffers are reused.
     let (pool_tx, pool_rx) = bounded::<Batch>(plan.channel_capacity * 2 + 2);
     {
-        let stats = stats.clone();
+        let job = ReaderJob {
+            inputs: inputs.clone(),
+            formats: input_formats,
+            batch_size: plan.batch_size,
+            policy: plan.on_bad_input,
+            dead: dead.clone(),
+            stats: stats.clone(),
+            tx: batch_tx,
+            pool: pool_rx,
+        };
         let fatal = fatal_tx.clone();
-        let dead = dead.clone();
-        let policy = plan.on_bad_input;
-        let batch_size = plan.batch_size;
-        let inputs = inputs.clone();
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
-                if let Err(e) = read_inputs(
-                    &inputs,
-                    &input_formats,
-                    batch_size,
-                    policy,
-                    &dead,
-                    &stats,
-                    &batch_tx,
-                    &pool_rx,
-                ) {
+                if let Err(e) = job.run() {
                     let _ = fatal.send(e);
                 }
             })
@@ -463,118 +459,139 @@ fn install_signals(tx: Sender<i32>) {
 }
 
 /// The reader thread: parses every input in order into batches.
-fn read_inputs(
-    inputs: &[String],
-    formats: &[Format],
+/// What the reader thread needs.
+struct ReaderJob {
+    inputs: Vec<String>,
+    formats: Vec<Format>,
     batch_size: usize,
     policy: Policy,
-    dead: &DeadLetter,
-    stats: &RunStats,
-    tx: &Sender<Batch>,
-    pool: &Receiver<Batch>,
-) -> Result<(), RunError> {
-    let mut bad = Vec::new();
-    let mut bytes_before = 0u64;
-    for (i, (name, &format)) in inputs.iter().zip(formats).enumerate() {
-        let source: Box<dyn Read + Send> = if name == "-" {
-            Box::new(io::stdin())
-        } else {
-            match File::open(name) {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    let reason = format!("cannot open input: {e}");
+    dead: Arc<DeadLetter>,
+    stats: Arc<RunStats>,
+    /// Batches out, to the feeder.
+    tx: Sender<Batch>,
+    /// Written batches back from the sink, for reuse.
+    pool: Receiver<Batch>,
+}
+
+impl ReaderJob {
+    /// Parses every input in order into batches.
+    fn run(self) -> Result<(), RunError> {
+        let ReaderJob {
+            inputs,
+            formats,
+            batch_size,
+            policy,
+            dead,
+            stats,
+            tx,
+            pool,
+        } = self;
+        let formats = &formats;
+        let mut bad = Vec::new();
+        let mut bytes_before = 0u64;
+        for (i, (name, &format)) in inputs.iter().zip(formats).enumerate() {
+            let source: Box<dyn Read + Send> = if name == "-" {
+                Box::new(io::stdin())
+            } else {
+                match File::open(name) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        let reason = format!("cannot open input: {e}");
+                        match policy {
+                            Policy::Fail => {
+                                return Err(RunError::BadInput {
+                                    input: name.clone(),
+                                    line: 0,
+                                    reason,
+                                })
+                            }
+                            Policy::Skip => log_stderr(&format!("{name}: {reason}; skipped")),
+                            Policy::DeadLetter => {
+                                log_stderr(&format!(
+                                    "{name}: {reason}; noted in the dead-letter file"
+                                ));
+                                dead.write(
+                                    "source",
+                                    &reason,
+                                    pipe_sdk::Pos {
+                                        input: i as u32,
+                                        line: 0,
+                                    },
+                                    &serde_json::to_string(name).unwrap_or_default(),
+                                )
+                                .map_err(|e| RunError::Io {
+                                    what: "writing the dead-letter file".into(),
+                                    message: e.to_string(),
+                                })?;
+                            }
+                        }
+                        continue;
+                    }
+                }
+            };
+            let mut reader = codec::reader(format, source, i as u32);
+            if name == "-" {
+                // A pipe or a terminal may go quiet: hand on what has arrived instead of
+                // waiting for a full batch.
+                reader.set_ready_probe(Box::new(stdin_ready));
+            }
+            let mut first = true;
+            loop {
+                // Batches the sink has written come back with their buffers grown.
+                let mut batch = pool.try_recv().unwrap_or_default();
+                let more = reader
+                    .read_batch(&mut batch, batch_size, &mut bad)
+                    .map_err(|e| RunError::Io {
+                        what: format!("reading {name}"),
+                        message: e.to_string(),
+                    })?;
+                stats
+                    .source
+                    .read
+                    .fetch_add((batch.len() + bad.len()) as u64, Relaxed);
+                stats
+                    .source
+                    .bytes
+                    .store(bytes_before + reader.bytes_read(), Relaxed);
+                for b in bad.drain(..) {
                     match policy {
                         Policy::Fail => {
                             return Err(RunError::BadInput {
                                 input: name.clone(),
-                                line: 0,
-                                reason,
+                                line: b.pos.line,
+                                reason: b.reason,
                             })
                         }
-                        Policy::Skip => log_stderr(&format!("{name}: {reason}; skipped")),
+                        Policy::Skip => {
+                            stats.source.skipped.fetch_add(1, Relaxed);
+                        }
                         Policy::DeadLetter => {
-                            log_stderr(&format!("{name}: {reason}; noted in the dead-letter file"));
-                            dead.write(
-                                "source",
-                                &reason,
-                                pipe_sdk::Pos {
-                                    input: i as u32,
-                                    line: 0,
-                                },
-                                &serde_json::to_string(name).unwrap_or_default(),
-                            )
-                            .map_err(|e| RunError::Io {
-                                what: "writing the dead-letter file".into(),
-                                message: e.to_string(),
-                            })?;
+                            dead.write("source", &b.reason, b.pos, &b.raw.to_string())
+                                .map_err(|e| RunError::Io {
+                                    what: "writing the dead-letter file".into(),
+                                    message: e.to_string(),
+                                })?;
+                            stats.source.dead_lettered.fetch_add(1, Relaxed);
                         }
                     }
-                    continue;
+                }
+                // An input's first batch goes on even when empty, so that a header-only
+                // CSV still produces its header.
+                if (!batch.is_empty() || (first && batch.width() > 0)) && tx.send(batch).is_err() {
+                    return Ok(()); // the run is stopping
+                }
+                first = false;
+                if !more {
+                    break;
                 }
             }
-        };
-        let mut reader = codec::reader(format, source, i as u32);
-        if name == "-" {
-            // A pipe or a terminal may go quiet: hand on what has arrived instead of
-            // waiting for a full batch.
-            reader.set_ready_probe(Box::new(stdin_ready));
-        }
-        let mut first = true;
-        loop {
-            // Batches the sink has written come back with their buffers grown.
-            let mut batch = pool.try_recv().unwrap_or_default();
-            let more = reader
-                .read_batch(&mut batch, batch_size, &mut bad)
-                .map_err(|e| RunError::Io {
-                    what: format!("reading {name}"),
-                    message: e.to_string(),
-                })?;
-            stats
-                .source
-                .read
-                .fetch_add((batch.len() + bad.len()) as u64, Relaxed);
-            stats
-                .source
-                .bytes
-                .store(bytes_before + reader.bytes_read(), Relaxed);
-            for b in bad.drain(..) {
-                match policy {
-                    Policy::Fail => {
-                        return Err(RunError::BadInput {
-                            input: name.clone(),
-                            line: b.pos.line,
-                            reason: b.reason,
-                        })
-                    }
-                    Policy::Skip => {
-                        stats.source.skipped.fetch_add(1, Relaxed);
-                    }
-                    Policy::DeadLetter => {
-                        dead.write("source", &b.reason, b.pos, &b.raw.to_string())
-                            .map_err(|e| RunError::Io {
-                                what: "writing the dead-letter file".into(),
-                                message: e.to_string(),
-                            })?;
-                        stats.source.dead_lettered.fetch_add(1, Relaxed);
-                    }
-                }
+            if first && format == Format::Csv {
+                log_stderr(&format!("{name}: empty input, no CSV header; nothing read"));
             }
-            // An input's first batch goes on even when empty, so that a header-only
-            // CSV still produces its header.
-            if (!batch.is_empty() || (first && batch.width() > 0)) && tx.send(batch).is_err() {
-                return Ok(()); // the run is stopping
-            }
-            first = false;
-            if !more {
-                break;
-            }
+            bytes_before += reader.bytes_read();
         }
-        if first && format == Format::Csv {
-            log_stderr(&format!("{name}: empty input, no CSV header; nothing read"));
-        }
-        bytes_before += reader.bytes_read();
+        Ok(())
     }
-    Ok(())
 }
 
 /// Whether stdin has data (or EOF) to read without blocking.
