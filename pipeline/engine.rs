@@ -458,7 +458,6 @@ fn install_signals(tx: Sender<i32>) {
     }
 }
 
-/// The reader thread: parses every input in order into batches.
 /// What the reader thread needs.
 struct ReaderJob {
     inputs: Vec<String>,

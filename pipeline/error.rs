@@ -5,15 +5,16 @@
 pub enum RunError {
     /// A stage rejected or failed on a record under `on_error = "fail"`.
     #[error(
-        "stage `{stage}` failed on the record at {input}:{line}: {reason}\n\
-         (on_error = \"fail\" stops the run; set on_error = \"skip\" or \"dead-letter\" on the stage to go on)"
+        "stage `{stage}` failed on {}: {reason}\n\
+         (on_error = \"fail\" stops the run; set on_error = \"skip\" or \"dead-letter\" on the stage to go on)",
+        record_at(input, *line)
     )]
     Rejected {
         /// The stage.
         stage: String,
         /// The input file (`-` for stdin).
         input: String,
-        /// The record's line.
+        /// The record's line; 0 for a record a stage made.
         line: u64,
         /// The stage's reason.
         reason: String,
@@ -21,8 +22,9 @@ pub enum RunError {
     /// A stage failed on a whole batch (an error or a panic) under `on_error = "fail"`:
     /// which of its records was at fault is not known.
     #[error(
-        "stage `{stage}` failed on the batch of {count} records at {input}:{first}-{last}: {reason}\n\
-         (on_error = \"fail\" stops the run; set on_error = \"skip\" or \"dead-letter\" on the stage to go on)"
+        "stage `{stage}` failed on {}: {reason}\n\
+         (on_error = \"fail\" stops the run; set on_error = \"skip\" or \"dead-letter\" on the stage to go on)",
+        batch_at(*count, input, *first, *last)
     )]
     BatchFailed {
         /// The stage.
@@ -54,8 +56,13 @@ pub enum RunError {
     },
     /// A stage took longer than its `timeout_ms` on one batch.
     #[error(
-        "stage `{stage}` took more than {limit_ms} ms on the batch starting at {input}:{line} and \
-         may be hung; stopping the run (raise timeout_ms if the stage is just slow)"
+        "stage `{stage}` took more than {limit_ms} ms {} and may be hung; stopping the run \
+         (raise timeout_ms if the stage is just slow)",
+        if *line == 0 {
+            "at end of stream or on records an earlier stage made".to_string()
+        } else {
+            format!("on the batch starting at {input}:{line}")
+        }
     )]
     Timeout {
         /// The stage.
@@ -86,6 +93,25 @@ pub enum RunError {
     /// Output rows do not fit the output format.
     #[error("cannot write the output: {0}")]
     Output(String),
+}
+
+/// Which record a stage failed on. A record a stage made (in `finish`, say) has no input
+/// line: `in.csv:0` would send the user to a line that does not exist.
+fn record_at(input: &str, line: u64) -> String {
+    if line == 0 {
+        "a record an earlier stage made (it has no input line)".to_string()
+    } else {
+        format!("the record at {input}:{line}")
+    }
+}
+
+/// Which batch a stage failed on; see [`record_at`].
+fn batch_at(count: usize, input: &str, first: u64, last: u64) -> String {
+    if first == 0 && last == 0 {
+        format!("a batch of {count} records an earlier stage made (they have no input line)")
+    } else {
+        format!("the batch of {count} records at {input}:{first}-{last}")
+    }
 }
 
 /// Where bad input is: `bad input at FILE:LINE: `, or `FILE: ` for a whole input (a file
