@@ -355,6 +355,10 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     let (cmd_tx, cmd_rx) = unbounded::<Command>();
     let (sig_tx, sig_rx) = bounded::<i32>(4);
     install_signals(sig_tx);
+    let loaded: Vec<(Arc<Plugin>, usize)> = setups
+        .iter()
+        .map(|s| (s.plugin.clone(), s.instances.len()))
+        .collect();
     let chain = RunningChain::spawn(setups, &ctx, 0, sink_tx.clone());
     {
         let ctx = ctx.clone();
@@ -367,7 +371,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     // Hot reload.
     let watching = opts.watch && plan.watch;
     let _watcher = if watching {
-        match crate::watch::start(plan.clone(), cmd_tx.clone(), stats.clone(), log) {
+        match crate::watch::start(plan.clone(), loaded, cmd_tx.clone(), stats.clone(), log) {
             Ok(w) => Some(w),
             Err(e) => {
                 log(&format!("hot reload is off: {e}"));

@@ -26,7 +26,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::{PipelinePlan, PipelinesConfig, StageKind, StageSpec};
-use crate::engine::{effective_workers, load_stage, prepare, Command};
+use crate::engine::{prepare, Command};
 use crate::loader::{LoadError, Plugin};
 use crate::process;
 use crate::runtime::{SwapOrder, SwapOutcome};
@@ -34,7 +34,7 @@ use crate::stats::RunStats;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchHandle {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
 }
 
 /// A stage as the coordinator knows it.
@@ -52,6 +52,10 @@ struct Coordinator {
     commands: Sender<Command>,
     stats: Arc<RunStats>,
     log: fn(&str),
+    /// The watcher, to add the directories of stages a rebuild brings in.
+    watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
+    /// Directories watched so far.
+    dirs: BTreeSet<PathBuf>,
 }
 
 /// Absolute, with the directory canonicalised (the file itself may not exist).
@@ -75,15 +79,17 @@ fn reload(spec: &StageSpec, path: &Path) -> Result<Plugin, LoadError> {
     }
 }
 
-/// Starts watching the plan's config and plugins.
+/// Starts watching the plan's config and its stages' files. `loaded` are the stages as
+/// the run loaded them (plugin and worker count), in plan order.
 pub fn start(
     plan: PipelinePlan,
+    loaded: Vec<(Arc<Plugin>, usize)>,
     commands: Sender<Command>,
     stats: Arc<RunStats>,
     log: fn(&str),
 ) -> Result<WatchHandle, String> {
     let (tx, rx) = unbounded::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if matches!(ev.kind, notify::EventKind::Access(_)) {
                 return;
@@ -94,59 +100,75 @@ pub fn start(
         }
     })
     .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
 
-    let mut stages = Vec::new();
-    for spec in &plan.stages {
-        // The run has just loaded these; load them again for their paths and versions.
-        let loaded = load_stage(spec).map_err(|e| e.to_string())?;
-        stages.push(Live {
-            workers: effective_workers(spec, &loaded),
+    let stages: Vec<Live> = plan
+        .stages
+        .iter()
+        .zip(loaded)
+        .map(|(spec, (plugin, workers))| Live {
+            workers,
             spec: spec.clone(),
-            path: normalise(&loaded.path),
-            plugin: loaded,
-        });
-    }
+            path: normalise(&plugin.path),
+            plugin,
+        })
+        .collect();
     let config_path = normalise(&plan.config_path);
-    let mut dirs = BTreeSet::new();
-    dirs.insert(
-        config_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-    );
-    for s in &stages {
-        dirs.insert(s.path.parent().map(Path::to_path_buf).unwrap_or_default());
-    }
-    for d in &dirs {
-        watcher
-            .watch(d, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
-    }
-    let debounce_ms = plan.debounce.as_millis();
-    let coordinator = Coordinator {
+    let mut coordinator = Coordinator {
         plan,
         stages,
         config_path,
         commands,
         stats,
         log,
+        watcher: watcher.clone(),
+        dirs: BTreeSet::new(),
     };
+    coordinator.watch_dirs()?;
+    tracing::debug!(
+        "watching {} for changes (debounce {} ms)",
+        coordinator
+            .dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        coordinator.plan.debounce.as_millis()
+    );
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || coordinator.run(rx))
         .map_err(|e| e.to_string())?;
-    tracing::debug!(
-        "watching {} for changes (debounce {} ms)",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        debounce_ms
-    );
     Ok(WatchHandle { _watcher: watcher })
 }
 
 impl Coordinator {
+    /// Watches the directories of the config and of every stage's file not yet watched.
+    fn watch_dirs(&mut self) -> Result<(), String> {
+        let mut wanted = vec![self
+            .config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()];
+        for s in &self.stages {
+            wanted.push(s.path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+        let mut watcher = self
+            .watcher
+            .lock()
+            .map_err(|_| "the watcher is gone".to_string())?;
+        for d in wanted {
+            if self.dirs.contains(&d) {
+                continue;
+            }
+            watcher
+                .watch(&d, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
+            self.dirs.insert(d);
+        }
+        Ok(())
+    }
+
     fn run(mut self, events: Receiver<PathBuf>) {
         let debounce = self.plan.debounce;
         let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
@@ -377,6 +399,9 @@ impl Coordinator {
             ));
             self.stages = live;
             self.plan = new_plan;
+            if let Err(e) = self.watch_dirs() {
+                tracing::warn!("{e}: changes to the new stages' files will not be seen");
+            }
         }
     }
 }

@@ -517,3 +517,35 @@ fn a_new_version_whose_new_panics_or_fails_is_refused() {
     .assert_balanced();
     assert_eq!(stats["stages"][0]["swaps_refused"], 2);
 }
+
+#[test]
+fn a_stage_added_by_a_rebuild_is_watched_too() {
+    let p = plugins();
+    let sb = tagger_sandbox("");
+    std::fs::create_dir_all(sb.path("more")).unwrap();
+    std::fs::copy(&p.tagger_v1, sb.path("more/libtagger.so")).unwrap();
+    let mut live = Live::start(&sb, &["run", "-v"]);
+    live.write("id,x\n");
+    live.write(&records(0, 1000));
+    set_config(
+        &sb,
+        &format!(
+            // The second tagger writes `tag` over the first's: the CSV header stays.
+            "{}\n[[pipelines.default.stages]]\nplugin = \"tagger\"\nname = \"second\"\npath = \"more\"\n",
+            tagger_config("{}")
+        ),
+    );
+    live.expect_line("rebuilt", 30);
+    live.write(&records(1000, 2000));
+    install(&p.tagger_v2, &sb.path("more/libtagger.so"), 2);
+    let l = live.expect_line("swapped stage `second`", 30);
+    assert!(l.contains("1.0.0 -> 2.0.0"), "{l}");
+    live.write(&records(2000, 3000));
+    let (code, out, err) = live.finish();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.ends_with("2999,x,v2\n"),
+        "{}",
+        &out[out.len().saturating_sub(200)..]
+    );
+}
