@@ -67,6 +67,7 @@
 use std::collections::{HashMap, HashSet};
 
 use pipe_sdk::prelude::*;
+use pipe_sdk::state::{put_bytes, put_key_field, put_str, put_varint, KeyField, StateReader};
 
 /// The stage's config. See the module docs.
 #[derive(Debug, Deserialize)]
@@ -296,31 +297,10 @@ pub struct Count {
 const MAGIC: &[u8; 4] = b"PCNT";
 const VERSION: u8 = 1;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// Appends one key field: `0` absent, `1` null, `len + 2` and the text otherwise.
-fn put_field(out: &mut Vec<u8>, kind: Kind, text: &str) {
-    match kind {
-        Kind::Absent => out.push(0),
-        Kind::Null => out.push(1),
-        _ => {
-            put_varint(out, text.len() as u64 + 2);
-            out.extend_from_slice(text.as_bytes());
-        }
-    }
-}
-
 fn put_names(out: &mut Vec<u8>, names: &[String]) {
     put_varint(out, names.len() as u64);
     for n in names {
-        put_varint(out, n.len() as u64);
-        out.extend_from_slice(n.as_bytes());
+        put_str(out, n);
     }
 }
 
@@ -341,86 +321,14 @@ fn state_error(msg: impl std::fmt::Display) -> Error {
     Error::msg(format!("count state: {msg}"))
 }
 
-/// Reads the state format and encoded keys; every read is bounds-checked.
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
+/// The parts of count's state format beyond the SDK's building blocks.
+trait CountState {
+    fn finite(&mut self) -> Result<f64, Error>;
+    fn num(&mut self) -> Result<Num, Error>;
+    fn acc(&mut self) -> Result<Acc, Error>;
 }
 
-/// One decoded key field.
-enum KeyField<'a> {
-    Absent,
-    Null,
-    Text(&'a str),
-}
-
-impl<'a> Reader<'a> {
-    fn rest(&self) -> usize {
-        self.buf.len() - self.at
-    }
-
-    fn varint(&mut self) -> Result<u64, Error> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(state_error("a number is out of range"))
-    }
-
-    fn bytes(&mut self, len: u64) -> Result<&'a [u8], Error> {
-        match usize::try_from(len) {
-            Ok(n) if n <= self.rest() => {
-                let s = &self.buf[self.at..self.at + n];
-                self.at += n;
-                Ok(s)
-            }
-            _ => Err(state_error("truncated")),
-        }
-    }
-
-    fn u8(&mut self) -> Result<u8, Error> {
-        Ok(self.bytes(1)?[0])
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.bytes(N as u64)?);
-        Ok(a)
-    }
-
-    fn str(&mut self) -> Result<&'a str, Error> {
-        let len = self.varint()?;
-        std::str::from_utf8(self.bytes(len)?).map_err(|_| state_error("text is not UTF-8"))
-    }
-
-    fn names(&mut self) -> Result<Vec<&'a str>, Error> {
-        let n = self.varint()?;
-        let mut names = Vec::new();
-        // Each name takes at least a byte: garbage cannot make this loop long.
-        for _ in 0..n.min(self.rest() as u64) {
-            names.push(self.str()?);
-        }
-        if names.len() as u64 != n {
-            return Err(state_error("truncated"));
-        }
-        Ok(names)
-    }
-
-    fn key_field(&mut self) -> Result<KeyField<'a>, Error> {
-        Ok(match self.varint()? {
-            0 => KeyField::Absent,
-            1 => KeyField::Null,
-            n => KeyField::Text(
-                std::str::from_utf8(self.bytes(n - 2)?)
-                    .map_err(|_| state_error("a group value is not UTF-8"))?,
-            ),
-        })
-    }
-
+impl CountState for StateReader<'_> {
     fn finite(&mut self) -> Result<f64, Error> {
         let f = f64::from_bits(u64::from_le_bytes(self.array()?));
         if f.is_finite() {
@@ -627,7 +535,7 @@ impl Stage for Count {
             self.key.clear();
             for &col in &self.by_cols {
                 let (kind, text) = raw(&row, col);
-                put_field(&mut self.key, kind, text);
+                put_key_field(&mut self.key, kind, text);
             }
             let by_cols = std::mem::take(&mut self.by_cols);
             let g = self.group_for(by_cols.iter().map(|&c| raw(&row, c).0));
@@ -657,7 +565,7 @@ impl Stage for Count {
         let (nb, nf) = (self.by.len(), self.fields.len());
         for (g, key) in keys.iter().enumerate() {
             let mut w = out.new_row();
-            let mut r = Reader { buf: key, at: 0 };
+            let mut r = StateReader::new(key, "count");
             for &kind in &self.kinds[g * nb..(g + 1) * nb] {
                 match r.key_field()? {
                     KeyField::Absent => w.raw(Kind::Absent, ""),
@@ -688,8 +596,7 @@ impl Stage for Count {
         put_varint(&mut out, keys.len() as u64);
         let (nb, nf) = (self.by.len(), self.fields.len());
         for (g, key) in keys.iter().enumerate() {
-            put_varint(&mut out, key.len() as u64);
-            out.extend_from_slice(key);
+            put_bytes(&mut out, key);
             out.extend(self.kinds[g * nb..(g + 1) * nb].iter().map(|&k| k as u8));
             put_varint(&mut out, self.counts[g]);
             for a in &self.accs[g * nf..(g + 1) * nf] {
@@ -715,8 +622,8 @@ impl Stage for Count {
                 state[4]
             )));
         }
-        let mut r = Reader { buf: state, at: 5 };
-        let by = r.names()?;
+        let mut r = StateReader::new(&state[5..], "count");
+        let by = r.strs()?;
         if !by.iter().eq(self.by.iter()) {
             return Err(state_error(format!(
                 "it groups by {by:?}, but this stage groups by {:?}; the groups cannot \
@@ -724,7 +631,7 @@ impl Stage for Count {
                 self.by
             )));
         }
-        let fields = r.names()?;
+        let fields = r.strs()?;
         let mut from = Vec::with_capacity(self.fields.len());
         for f in &self.fields {
             match fields.iter().position(|s| s == f) {
@@ -745,9 +652,8 @@ impl Stage for Count {
         let mut accs = Vec::new();
         let mut seen = HashSet::new();
         for _ in 0..n_groups {
-            let len = r.varint()?;
-            let key = r.bytes(len)?;
-            let mut kr = Reader { buf: key, at: 0 };
+            let key = r.len_bytes()?;
+            let mut kr = StateReader::new(key, "count");
             for _ in 0..nb {
                 let field = kr.key_field()?;
                 let kind = kind_from_u8(r.u8()?).ok_or_else(|| state_error("unknown kind"))?;
@@ -770,12 +676,7 @@ impl Stage for Count {
                 accs.push(acc);
             }
         }
-        if r.rest() != 0 {
-            return Err(state_error(format!(
-                "{} unexpected bytes at the end",
-                r.rest()
-            )));
-        }
+        r.finish()?;
         for (g, key) in keys.iter().enumerate() {
             self.key.clear();
             self.key.extend_from_slice(key);

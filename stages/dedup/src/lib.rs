@@ -40,6 +40,7 @@
 use std::collections::HashSet;
 
 use pipe_sdk::prelude::*;
+use pipe_sdk::state::{put_bytes, put_key_field, put_str, put_varint, StateReader};
 
 /// The stage's config. See the module docs.
 #[derive(Debug, Deserialize)]
@@ -63,81 +64,10 @@ pub struct Dedup {
 const MAGIC: &[u8; 4] = b"DDUP";
 const VERSION: u8 = 1;
 
-/// Appends `v` as unsigned LEB128.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// Appends one key field: `0` absent, `1` null, `len + 2` and the text otherwise.
-fn put_field(out: &mut Vec<u8>, kind: Kind, text: &str) {
-    match kind {
-        Kind::Absent => out.push(0),
-        Kind::Null => out.push(1),
-        _ => {
-            put_varint(out, text.len() as u64 + 2);
-            out.extend_from_slice(text.as_bytes());
-        }
-    }
-}
-
-/// Reads the state format; every read is bounds-checked.
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Result<u64, Error> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let Some(&b) = self.buf.get(self.at) else {
-                return Err(Error::msg("dedup state: truncated"));
-            };
-            self.at += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(Error::msg("dedup state: a length is out of range"))
-    }
-
-    fn bytes(&mut self, len: u64) -> Result<&'a [u8], Error> {
-        let rest = self.buf.len() - self.at;
-        match usize::try_from(len) {
-            Ok(n) if n <= rest => {
-                let s = &self.buf[self.at..self.at + n];
-                self.at += n;
-                Ok(s)
-            }
-            _ => Err(Error::msg("dedup state: truncated")),
-        }
-    }
-
-    fn rest(&self) -> usize {
-        self.buf.len() - self.at
-    }
-}
-
 /// True when `key` is exactly `fields` well-formed fields.
 fn valid_key(key: &[u8], fields: usize) -> bool {
-    let mut r = Reader { buf: key, at: 0 };
-    for _ in 0..fields {
-        match r.varint() {
-            Ok(0 | 1) => {}
-            Ok(n) => {
-                if r.bytes(n - 2).is_err() {
-                    return false;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-    r.rest() == 0
+    let mut r = StateReader::new(key, "dedup");
+    (0..fields).all(|_| r.key_field().is_ok()) && r.rest() == 0
 }
 
 impl Stage for Dedup {
@@ -179,9 +109,9 @@ impl Stage for Dedup {
                 match *col {
                     Some(c) => {
                         let (kind, text) = row.raw(c);
-                        put_field(&mut self.buf, kind, text);
+                        put_key_field(&mut self.buf, kind, text);
                     }
-                    None => put_field(&mut self.buf, Kind::Absent, ""),
+                    None => put_key_field(&mut self.buf, Kind::Absent, ""),
                 }
             }
             // Allocate only for a key not seen before.
@@ -200,13 +130,11 @@ impl Stage for Dedup {
         out.push(VERSION);
         put_varint(&mut out, self.key.len() as u64);
         for k in &self.key {
-            put_varint(&mut out, k.len() as u64);
-            out.extend_from_slice(k.as_bytes());
+            put_str(&mut out, k);
         }
         put_varint(&mut out, self.seen.len() as u64);
         for k in &self.seen {
-            put_varint(&mut out, k.len() as u64);
-            out.extend_from_slice(k);
+            put_bytes(&mut out, k);
         }
         Ok(Some(out))
     }
@@ -221,18 +149,8 @@ impl Stage for Dedup {
                 state[4]
             )));
         }
-        let mut r = Reader { buf: state, at: 5 };
-        let n_fields = r.varint()?;
-        let mut fields = Vec::new();
-        for _ in 0..n_fields.min(r.rest() as u64) {
-            let len = r.varint()?;
-            let name = std::str::from_utf8(r.bytes(len)?)
-                .map_err(|_| Error::msg("dedup state: a field name is not UTF-8"))?;
-            fields.push(name);
-        }
-        if fields.len() as u64 != n_fields {
-            return Err(Error::msg("dedup state: truncated"));
-        }
+        let mut r = StateReader::new(&state[5..], "dedup");
+        let fields = r.strs()?;
         if !fields.iter().eq(self.key.iter()) {
             return Err(Error::msg(format!(
                 "dedup state: it was kept for key {fields:?}, but this stage's key is {:?}; \
@@ -246,19 +164,13 @@ impl Stage for Dedup {
         let mut keys: HashSet<Box<[u8]>> =
             HashSet::with_capacity(n_keys.min(r.rest() as u64) as usize);
         for _ in 0..n_keys {
-            let len = r.varint()?;
-            let key = r.bytes(len)?;
+            let key = r.len_bytes()?;
             if !valid_key(key, self.key.len()) {
-                return Err(Error::msg("dedup state: a key is malformed"));
+                return Err(r.error("a key is malformed"));
             }
             keys.insert(key.into());
         }
-        if r.rest() != 0 {
-            return Err(Error::msg(format!(
-                "dedup state: {} unexpected bytes at the end",
-                r.rest()
-            )));
-        }
+        r.finish()?;
         self.seen.extend(keys);
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! - `batch`: the arena-backed batch, rows, values, positions.
 //! - `output`: the per-batch output buffer and row writer.
 //! - `stage`: the author-facing trait, config parsing, panic containment, the export macro.
+//! - `state`: building blocks for state formats (hot-swap handover) and compact keys.
 //! - `abi`: the `abi_stable` root module and stage object (hidden from authors).
 //! - `codec` (feature): CSV and JSON-lines readers and writers for batches, used by the
 //!   host and by the test helpers.
@@ -23,6 +24,7 @@ pub mod abi;
 pub mod batch;
 pub mod output;
 pub mod stage;
+pub mod state;
 pub mod tutorial;
 
 #[cfg(feature = "codec")]
