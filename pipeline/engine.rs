@@ -18,7 +18,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,32 @@ pub enum Command {
 /// The process's signal number that stopped the run, or 0.
 static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 
+/// The `-o` temporary file of the run in progress, for a second signal to remove.
+static TEMP_OUTPUT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+fn forget_temp_output() {
+    if let Ok(mut t) = TEMP_OUTPUT.lock() {
+        *t = None;
+    }
+}
+
+/// The stages busy right now, for messages: "stage `x` (busy 3.2 s on the batch at
+/// in.csv:40)".
+fn busy_stages(ctx: &Context) -> String {
+    ctx.watchdog
+        .busy(&ctx.dead)
+        .iter()
+        .map(|(stage, secs, input, line)| {
+            if *line == 0 {
+                format!("stage `{stage}` (busy {secs:.1} s)")
+            } else {
+                format!("stage `{stage}` (busy {secs:.1} s on the batch at {input}:{line})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where output goes until the run succeeds.
 enum OutputTarget {
     Stdout,
@@ -206,6 +232,9 @@ impl OutputTarget {
                 dest.display()
             ))
         })?;
+        if let Ok(mut t) = TEMP_OUTPUT.lock() {
+            *t = Some(tmp.clone());
+        }
         Ok((
             OutputTarget::File {
                 tmp,
@@ -217,6 +246,7 @@ impl OutputTarget {
 
     /// Moves the finished output into place.
     fn commit(&self) -> io::Result<()> {
+        forget_temp_output();
         match self {
             OutputTarget::Stdout => Ok(()),
             OutputTarget::File { tmp, dest } => std::fs::rename(tmp, dest),
@@ -225,6 +255,7 @@ impl OutputTarget {
 
     /// Drops the partial output; an existing destination stays untouched.
     fn discard(&self) {
+        forget_temp_output();
         if let OutputTarget::File { tmp, .. } = self {
             let _ = std::fs::remove_file(tmp);
         }
@@ -321,6 +352,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         channel_capacity: plan.channel_capacity,
         watchdog: Arc::new(Watchdog::default()),
         log,
+        stop_reading: Arc::new(AtomicBool::new(false)),
     });
     let started = Instant::now();
 
@@ -338,6 +370,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
             stats: stats.clone(),
             tx: batch_tx,
             pool: pool_rx,
+            stop: ctx.stop_reading.clone(),
         };
         let fatal = fatal_tx.clone();
         std::thread::Builder::new()
@@ -354,7 +387,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     let (sink_tx, sink_rx) = bounded::<Msg>(plan.channel_capacity.max(2) * 2);
     let (cmd_tx, cmd_rx) = unbounded::<Command>();
     let (sig_tx, sig_rx) = bounded::<i32>(4);
-    install_signals(sig_tx);
+    install_signals(sig_tx, ctx.clone());
     let loaded: Vec<(Arc<Plugin>, usize)> = setups
         .iter()
         .map(|s| (s.plugin.clone(), s.instances.len()))
@@ -433,13 +466,19 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
             other
         }
     };
+    let mut snapshot = stats.snapshot(started.elapsed());
+    if !matches!(outcome, Outcome::Done | Outcome::Interrupted(_)) {
+        snapshot.mark_stopped_early();
+    }
     Ok(Report {
         outcome,
-        stats: stats.snapshot(started.elapsed()),
+        stats: snapshot,
     })
 }
 
-fn install_signals(tx: Sender<i32>) {
+/// The first SIGINT/SIGTERM stops reading and drains; a second one stops at once,
+/// removing the partial `-o` file and the plugin copies, and says what was still busy.
+fn install_signals(tx: Sender<i32>, ctx: Arc<Context>) {
     #[cfg(unix)]
     {
         use signal_hook::consts::{SIGINT, SIGTERM};
@@ -452,6 +491,19 @@ fn install_signals(tx: Sender<i32>) {
                         seen += 1;
                         if seen > 1 {
                             // A second signal: the user wants out now.
+                            let busy = busy_stages(&ctx);
+                            tracing::error!(
+                                "stopped at once by a second signal{}{}",
+                                if busy.is_empty() { "" } else { " while " },
+                                busy
+                            );
+                            if let Ok(t) = TEMP_OUTPUT.lock() {
+                                if let Some(tmp) = t.as_ref() {
+                                    let _ = std::fs::remove_file(tmp);
+                                }
+                            }
+                            let _ = ctx.dead.flush();
+                            crate::loader::cleanup();
                             std::process::exit(128 + sig);
                         }
                         INTERRUPTED.store(128 + sig, Relaxed);
@@ -474,6 +526,8 @@ struct ReaderJob {
     tx: Sender<Batch>,
     /// Written batches back from the sink, for reuse.
     pool: Receiver<Batch>,
+    /// Set when the run is interrupted: read no more.
+    stop: Arc<AtomicBool>,
 }
 
 impl ReaderJob {
@@ -488,6 +542,7 @@ impl ReaderJob {
             stats,
             tx,
             pool,
+            stop,
         } = self;
         let formats = &formats;
         let mut bad = Vec::new();
@@ -539,7 +594,12 @@ impl ReaderJob {
                 reader.set_ready_probe(Box::new(stdin_ready));
             }
             let mut first = true;
+            let mut saw_header = false;
+            let mut warned_header = false;
             loop {
+                if stop.load(Relaxed) {
+                    return Ok(()); // interrupted: read no more
+                }
                 // Batches the sink has written come back with their buffers grown.
                 let mut batch = pool.try_recv().unwrap_or_default();
                 let more = reader
@@ -548,15 +608,24 @@ impl ReaderJob {
                         what: format!("reading {name}"),
                         message: e.to_string(),
                     })?;
-                stats
-                    .source
-                    .read
-                    .fetch_add((batch.len() + bad.len()) as u64, Relaxed);
+                saw_header |= batch.width() > 0 || !bad.is_empty();
+                // Readable records count as read when the feeder takes them (so that
+                // records parsed but never sent after a signal are not counted);
+                // unreadable ones are dealt with here.
+                stats.source.read.fetch_add(bad.len() as u64, Relaxed);
                 stats
                     .source
                     .bytes
                     .store(bytes_before + reader.bytes_read(), Relaxed);
                 for b in bad.drain(..) {
+                    if !warned_header && b.reason.starts_with("no usable header") {
+                        // Whatever the policy, a whole input lost deserves a word.
+                        warned_header = true;
+                        tracing::warn!(
+                            "{name}: {}; none of its records can be read",
+                            b.reason.trim_start_matches("no usable header: ")
+                        );
+                    }
                     match policy {
                         Policy::Fail => {
                             return Err(RunError::BadInput {
@@ -588,8 +657,8 @@ impl ReaderJob {
                     break;
                 }
             }
-            if first && format == Format::Csv {
-                log_stderr(&format!("{name}: empty input, no CSV header; nothing read"));
+            if !saw_header && format == Format::Csv {
+                tracing::warn!("{name}: empty input, no CSV header; nothing read");
             }
             bytes_before += reader.bytes_read();
         }
@@ -633,9 +702,11 @@ fn feed(
         select! {
             recv(batches) -> b => match b {
                 Ok(batch) => {
+                    let n = batch.len() as u64;
                     if chain.head.send(Msg::Batch { seq, batch }).is_err() {
                         return;
                     }
+                    ctx.stats.source.read.fetch_add(n, Relaxed);
                     seq += 1;
                 }
                 Err(_) => break,
@@ -685,7 +756,21 @@ fn feed(
                 }
                 Err(_) => commands = None,
             },
-            recv(signals) -> _ => break,
+            recv(signals) -> _ => {
+                // Stop reading, but pass on what the reader already has: records taken
+                // from the input are processed, not dropped. A reader blocked on a quiet
+                // input holds no records (it hands them on before it waits).
+                ctx.stop_reading.store(true, Relaxed);
+                while let Ok(batch) = batches.recv_timeout(Duration::from_millis(200)) {
+                    let n = batch.len() as u64;
+                    if chain.head.send(Msg::Batch { seq, batch }).is_err() {
+                        return;
+                    }
+                    ctx.stats.source.read.fetch_add(n, Relaxed);
+                    seq += 1;
+                }
+                break;
+            }
         }
     }
     // End of stream (or a signal): dropping the head lets every stage finish in turn.
@@ -705,6 +790,8 @@ fn sink(
     let mut pending: std::collections::BTreeMap<u64, Msg> = Default::default();
     let mut next = 0u64;
     let ticker = tick(Duration::from_millis(50));
+    let mut interrupted_at: Option<Instant> = None;
+    let mut warned_drain = false;
     let write_error = |e: codec::WriteError| -> Outcome {
         match e {
             codec::WriteError::Io(e) if e.kind() == io::ErrorKind::BrokenPipe => {
@@ -714,7 +801,17 @@ fn sink(
                 what: "writing the output".into(),
                 message: e.to_string(),
             }),
-            codec::WriteError::Schema(m) => Outcome::Failed(RunError::Output(m)),
+            codec::WriteError::Schema { message, pos } => {
+                Outcome::Failed(RunError::Output(if pos.line == 0 {
+                    format!("{message} (a record a stage made)")
+                } else {
+                    format!(
+                        "{message} (the record at {}:{})",
+                        ctx.dead.input_name(pos.input),
+                        pos.line
+                    )
+                }))
+            }
         }
     };
     loop {
@@ -757,6 +854,18 @@ fn sink(
             recv(ticker) -> _ => {
                 if let Some(e) = ctx.watchdog.check(&ctx.dead) {
                     return Outcome::Failed(e);
+                }
+                if INTERRUPTED.load(Relaxed) != 0 && !warned_drain {
+                    let since = *interrupted_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(1) {
+                        let busy = busy_stages(ctx);
+                        if !busy.is_empty() {
+                            warned_drain = true;
+                            tracing::warn!(
+                                "draining after the signal, waiting for {busy}; send it again to stop at once (the output is then discarded)"
+                            );
+                        }
+                    }
                 }
                 if let Some(p) = progress {
                     p.tick(&ctx.stats);

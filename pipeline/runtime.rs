@@ -160,6 +160,8 @@ pub struct Context {
     pub watchdog: Arc<Watchdog>,
     /// Prints swap reports and warnings.
     pub log: fn(&str),
+    /// Set on SIGINT/SIGTERM: the reader stops at its next batch.
+    pub stop_reading: Arc<AtomicBool>,
 }
 
 /// One stage ready to run.
@@ -708,6 +710,24 @@ impl Watchdog {
         v.retain(|s| Arc::strong_count(s) > 1);
         v.push(slot.clone());
         slot
+    }
+
+    /// Every worker busy right now: (stage, seconds busy, input, line of the batch).
+    pub fn busy(&self, dead: &DeadLetter) -> Vec<(String, f64, String, u64)> {
+        let v = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .filter_map(|s| {
+                let since = s.busy_since.load(Relaxed);
+                (since != 0).then(|| {
+                    (
+                        s.stage.clone(),
+                        s.now().saturating_sub(since) as f64 / 1e3,
+                        dead.input_name(s.input.load(Relaxed) as u32).to_string(),
+                        s.line.load(Relaxed),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Checks every slot; returns the first that overran its timeout.

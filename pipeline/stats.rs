@@ -112,6 +112,7 @@ impl RunStats {
             written: self.written.load(Relaxed),
             elapsed_ms: elapsed.as_secs_f64() * 1e3,
             stages,
+            in_flight: 0,
         }
     }
 }
@@ -164,6 +165,10 @@ pub struct Snapshot {
     pub elapsed_ms: f64,
     /// Per stage, in chain order.
     pub stages: Vec<StageSnapshot>,
+    /// Records read but neither written, filtered, dead-lettered nor skipped because the
+    /// run stopped early (an error, or the reader of the output went away). Always 0
+    /// for a run that finished or drained after a signal.
+    pub in_flight: i64,
 }
 
 impl Snapshot {
@@ -182,13 +187,24 @@ impl Snapshot {
         self.bad_input_skipped + self.stages.iter().map(|s| s.skipped).sum::<u64>()
     }
 
-    /// True when `read = written + filtered + dead-lettered + skipped`.
+    /// True when `read = written + filtered + dead-lettered + skipped (+ in flight)`.
     pub fn balances(&self) -> bool {
         self.read as i64
             == self.written as i64
                 + self.filtered()
                 + self.dead_lettered() as i64
                 + self.skipped() as i64
+                + self.in_flight
+    }
+
+    /// For a run that stopped early: counts what was read but not accounted for as in
+    /// flight (it was neither written nor dropped on purpose: the run ended under it).
+    pub fn mark_stopped_early(&mut self) {
+        self.in_flight = self.read as i64
+            - (self.written as i64
+                + self.filtered()
+                + self.dead_lettered() as i64
+                + self.skipped() as i64);
     }
 
     /// The human table `--stats` prints.
@@ -219,7 +235,7 @@ impl Snapshot {
         let secs = (self.elapsed_ms / 1e3).max(1e-9);
         let _ = writeln!(
             s,
-            "read {} (bad input: {} dead-lettered, {} skipped) = written {} + filtered {} + dead-lettered {} + skipped {}{}",
+            "read {} (bad input: {} dead-lettered, {} skipped) = written {} + filtered {} + dead-lettered {} + skipped {}{}{}",
             self.read,
             self.bad_input_dead_lettered,
             self.bad_input_skipped,
@@ -227,6 +243,11 @@ impl Snapshot {
             self.filtered(),
             self.dead_lettered(),
             self.skipped(),
+            if self.in_flight != 0 {
+                format!(" + in flight when the run stopped {}", self.in_flight)
+            } else {
+                String::new()
+            },
             if self.balances() { "" } else { "  <- DOES NOT BALANCE (a bug: please report it)" }
         );
         let _ = writeln!(

@@ -102,7 +102,11 @@ fn jsonl_with_varying_keys_to_csv() {
         "{}",
         late.stderr
     );
-    assert!(late.stderr.contains("line 1101"), "{}", late.stderr);
+    assert!(
+        late.stderr.contains("(the record at -:1101)"),
+        "{}",
+        late.stderr
+    );
 }
 
 /// The default pipeline of the shipped pipelines.toml on the shipped sample, checked

@@ -1182,9 +1182,6 @@ fn sigint_drains_flushes_and_exits_130() {
 }
 
 #[test]
-#[ignore = "host bug (engine.rs signal thread): the second signal calls process::exit at \
-            once, leaving the -o temporary file and the private plugin copies behind, with \
-            no word on stderr; the first says nothing either while it waits on the stuck stage"]
 fn a_second_signal_stops_a_run_stuck_in_a_stage_and_cleans_up() {
     let sb = Sandbox::with_config(&faulty_config("", "", "config = { hang_on = \"2\" }"));
     sb.write("out.csv", "old\n");
@@ -1253,9 +1250,6 @@ fn endless_input(mut stdin: std::process::ChildStdin) -> std::thread::JoinHandle
 }
 
 #[test]
-#[ignore = "host bug (engine.rs feeder): on a signal the feeder stops with batches still \
-            queued from the reader; they were counted as read and are dropped, so the \
-            stats do not balance"]
 fn a_signal_while_input_streams_in_still_balances() {
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
         let sb = Sandbox::with_config(&faulty_config("", "", "workers = 2"));
@@ -1390,4 +1384,23 @@ fn an_unwritable_dead_letter_file_fails_the_run_with_its_path() {
         "pipe: error: writing the dead-letter file: dead-letter file no/such/dir/dl.jsonl: \
          No such file or directory (os error 2)\n"
     );
+}
+
+/// A run that fails part-way says how many records were in flight instead of claiming
+/// the counts do not balance.
+#[test]
+fn a_failed_run_accounts_for_records_in_flight() {
+    let sb = Sandbox::with_config(&faulty_config("", "", "config = { error_on = \"5\" }"));
+    let r = sb.run(&["run", "--stats", "--batch-size", "2"], &rows(9));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!r.stderr.contains("DOES NOT BALANCE"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("in flight when the run stopped"),
+        "{}",
+        r.stderr
+    );
+    let j = sb.run(&["run", "--stats=json", "--batch-size", "2"], &rows(9));
+    assert_eq!(j.code, 1);
+    let s = j.assert_balanced_with_in_flight();
+    assert!(s["in_flight"].as_i64().unwrap() > 0, "{s}");
 }

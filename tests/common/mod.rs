@@ -174,10 +174,35 @@ impl Run {
         if linked {
             assert_eq!(prev_out, n(&s, "written"), "rows lost before the sink: {s}");
         }
+        // A run that finished (or drained after a signal) has nothing in flight.
+        assert_eq!(n(&s, "in_flight"), 0, "records in flight at the end: {s}");
         assert_eq!(
             n(&s, "read"),
             n(&s, "written") + filtered + dead + skipped,
             "the run does not balance: {s}"
+        );
+        s
+    }
+
+    /// For a run that stopped early (an error, a closed output): the totals balance with
+    /// what was in flight when it stopped counted as such.
+    pub fn assert_balanced_with_in_flight(&self) -> serde_json::Value {
+        let s = self
+            .stats()
+            .unwrap_or_else(|| panic!("no --stats=json on stderr:\n{}", self.stderr));
+        let n = |k: &str| s[k].as_i64().unwrap_or_else(|| panic!("{k} in {s}"));
+        let stages = s["stages"].as_array().unwrap();
+        let sum = |k: &str| stages.iter().map(|st| st[k].as_i64().unwrap()).sum::<i64>();
+        assert_eq!(
+            n("read"),
+            n("written")
+                + sum("filtered")
+                + sum("dead_lettered")
+                + n("bad_input_dead_lettered")
+                + sum("skipped")
+                + n("bad_input_skipped")
+                + n("in_flight"),
+            "{s}"
         );
         s
     }

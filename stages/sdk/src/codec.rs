@@ -1029,14 +1029,19 @@ pub enum WriteError {
     /// The underlying writer failed (a closed pipe is `io::ErrorKind::BrokenPipe`).
     Io(io::Error),
     /// A row does not fit the output: a field appeared after the CSV header was written.
-    Schema(String),
+    Schema {
+        /// What does not fit, and what to do.
+        message: String,
+        /// The record that did not fit (`line == 0`: a record a stage made).
+        pos: Pos,
+    },
 }
 
 impl fmt::Display for WriteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WriteError::Io(e) => write!(f, "write failed: {e}"),
-            WriteError::Schema(m) => f.write_str(m),
+            WriteError::Schema { message, .. } => f.write_str(message),
         }
     }
 }
@@ -1225,14 +1230,15 @@ impl<W: Write + Send> Writer for CsvWriter<W> {
                     Some(i) => slots[*i] = text,
                     None if kind == Kind::Absent => {}
                     None => {
-                        return Err(WriteError::Schema(format!(
-                            "field `{}` first appears after the CSV header was written \
-                             (line {} of input {}); write JSON lines, or keep a fixed set of \
-                             fields with a `select` stage",
-                            batch.column_name(c),
-                            row.pos().line,
-                            row.pos().input + 1,
-                        )))
+                        return Err(WriteError::Schema {
+                            message: format!(
+                                "field `{}` first appears after the CSV header was written; \
+                                 write JSON lines, or keep a fixed set of fields with a \
+                                 `select` stage",
+                                batch.column_name(c),
+                            ),
+                            pos: row.pos(),
+                        })
                     }
                 }
             }
@@ -1516,6 +1522,6 @@ mod tests {
         let mut buf = Vec::new();
         let mut w = CsvWriter::new(&mut buf);
         w.write_batch(&a).unwrap();
-        assert!(matches!(w.write_batch(&c), Err(WriteError::Schema(_))));
+        assert!(matches!(w.write_batch(&c), Err(WriteError::Schema { .. })));
     }
 }
