@@ -5,113 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{plugins, Sandbox};
-
-/// A `pipe run` streaming from a stdin we control, with stderr lines as they come.
-struct Live {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stderr: mpsc::Receiver<String>,
-    seen_stderr: Vec<String>,
-    stdout: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Live {
-    fn start(sb: &Sandbox, args: &[&str]) -> Live {
-        // Plugin copies go to a private directory under XDG_RUNTIME_DIR (or TMPDIR): keep
-        // it inside the sandbox so tests can look at it.
-        let private = sb.path("run");
-        std::fs::create_dir_all(&private).unwrap();
-        let mut child = sb
-            .command(args)
-            .env("XDG_RUNTIME_DIR", &private)
-            .env("TMPDIR", &private)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting pipe");
-        let stdin = child.stdin.take();
-        let mut out = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut s = String::new();
-            out.read_to_string(&mut s).unwrap();
-            s
-        });
-        let err = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut live = Live {
-            child,
-            stdin,
-            stderr: rx,
-            seen_stderr: Vec::new(),
-            stdout: Some(stdout),
-        };
-        // Changes made before the stages are loaded and the watcher runs would race
-        // with the start: wait for the run to be under way.
-        if args.contains(&"-v") {
-            live.expect_line("running pipeline", 30);
-        }
-        live
-    }
-
-    fn write(&mut self, text: &str) {
-        self.stdin
-            .as_mut()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-
-    /// Waits for a stderr line containing `needle`; panics after `secs`.
-    fn expect_line(&mut self, needle: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen_stderr.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no stderr line with {needle:?} within {secs} s; stderr so far:\n{}",
-                    self.seen_stderr.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Closes stdin and waits; returns (exit code, stdout, all stderr).
-    fn finish(mut self) -> (i32, String, String) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        let out = self.stdout.take().unwrap().join().unwrap();
-        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            self.seen_stderr.push(l);
-        }
-        (
-            status.code().unwrap_or(-1),
-            out,
-            self.seen_stderr.join("\n"),
-        )
-    }
-}
+use common::{plugins, Live, Sandbox};
 
 fn records(from: u64, to: u64) -> String {
     let mut s = String::with_capacity(((to - from) * 10) as usize);

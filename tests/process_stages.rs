@@ -8,13 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{jsonl, Run, Sandbox};
+use common::{jsonl, Live, Run, Sandbox};
 
 fn repo_file(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -309,92 +306,6 @@ fn programs_that_cannot_start_or_handshake_are_configuration_errors() {
         "{}",
         r.stderr
     );
-}
-
-/// A `pipe run` streaming from a stdin we control, with stderr lines as they come.
-struct Live {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stderr: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stdout: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Live {
-    fn start(sb: &Sandbox, args: &[&str]) -> Live {
-        let mut cmd = sb.command(args);
-        // Its own process group, as a shell gives a pipeline: a "terminal" Ctrl-C can
-        // then be sent to `pipe`'s group without reaching the test runner.
-        #[cfg(unix)]
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting pipe");
-        let stdin = child.stdin.take();
-        let mut out = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut s = String::new();
-            out.read_to_string(&mut s).unwrap();
-            s
-        });
-        let err = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut live = Live {
-            child,
-            stdin,
-            stderr: rx,
-            seen: Vec::new(),
-            stdout: Some(stdout),
-        };
-        live.expect_line("running pipeline", 60);
-        live
-    }
-
-    fn write(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(text.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn expect_line(&mut self, needle: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no stderr line with {needle:?} within {secs} s; stderr so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn finish(mut self) -> (i32, String, String) {
-        drop(self.stdin.take());
-        let status = self.child.wait().unwrap();
-        let out = self.stdout.take().unwrap().join().unwrap();
-        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            self.seen.push(l);
-        }
-        (status.code().unwrap_or(-1), out, self.seen.join("\n"))
-    }
 }
 
 fn set_file(path: &Path, text: &str) {

@@ -283,3 +283,105 @@ pub fn jsonl(text: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// A `pipe run` streaming from a stdin the test controls, with stderr lines as they come.
+///
+/// It runs in its own process group (as a shell gives a pipeline, so a "terminal" Ctrl-C
+/// can be sent to it without reaching the test runner), with its private plugin-copy
+/// directory inside the sandbox (`run/`), so tests can look at it. With `-v` among the
+/// arguments, `start` waits until the run is under way: a change made before the stages
+/// are loaded and the watcher runs would race with the start.
+pub struct Live {
+    pub child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stderr: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Live {
+    pub fn start(sb: &Sandbox, args: &[&str]) -> Live {
+        use std::io::{BufRead, BufReader, Read};
+        let private = sb.path("run");
+        std::fs::create_dir_all(&private).unwrap();
+        let mut cmd = sb.command(args);
+        cmd.env("XDG_RUNTIME_DIR", &private).env("TMPDIR", &private);
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting pipe");
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            out.read_to_string(&mut s).unwrap();
+            s
+        });
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut live = Live {
+            child,
+            stdin,
+            stderr: rx,
+            seen: Vec::new(),
+            stdout: Some(stdout),
+        };
+        if args.contains(&"-v") {
+            live.expect_line("running pipeline", 60);
+        }
+        live
+    }
+
+    /// Writes to the run's stdin.
+    pub fn write(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for a stderr line containing `needle`; panics after `secs`.
+    pub fn expect_line(&mut self, needle: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {needle:?} within {secs} s; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Closes stdin and waits; returns (exit code, stdout, all stderr).
+    pub fn finish(mut self) -> (i32, String, String) {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        let out = self.stdout.take().unwrap().join().unwrap();
+        while let Ok(l) = self
+            .stderr
+            .recv_timeout(std::time::Duration::from_millis(500))
+        {
+            self.seen.push(l);
+        }
+        (status.code().unwrap_or(-1), out, self.seen.join("\n"))
+    }
+}
