@@ -387,7 +387,8 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     let (sink_tx, sink_rx) = bounded::<Msg>(plan.channel_capacity.max(2) * 2);
     let (cmd_tx, cmd_rx) = unbounded::<Command>();
     let (sig_tx, sig_rx) = bounded::<i32>(4);
-    install_signals(sig_tx, ctx.clone());
+    INTERRUPTED.store(0, Relaxed);
+    let _signals = install_signals(sig_tx, ctx.clone());
     let loaded: Vec<(Arc<Plugin>, usize)> = setups
         .iter()
         .map(|s| (s.plugin.clone(), s.instances.len()))
@@ -478,11 +479,13 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
 
 /// The first SIGINT/SIGTERM stops reading and drains; a second one stops at once,
 /// removing the partial `-o` file and the plugin copies, and says what was still busy.
-fn install_signals(tx: Sender<i32>, ctx: Arc<Context>) {
+/// Returns a handle that ends the listener when the run is over.
+fn install_signals(tx: Sender<i32>, ctx: Arc<Context>) -> Option<SignalsHandle> {
     #[cfg(unix)]
     {
         use signal_hook::consts::{SIGINT, SIGTERM};
         if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            let handle = signals.handle();
             let _ = std::thread::Builder::new()
                 .name("signals".into())
                 .spawn(move || {
@@ -510,7 +513,20 @@ fn install_signals(tx: Sender<i32>, ctx: Arc<Context>) {
                         let _ = tx.send(sig);
                     }
                 });
+            return Some(SignalsHandle(handle));
         }
+    }
+    None
+}
+
+/// Ends the signal listener of a run (so that runs in one process, as in `pipe test` and
+/// `pipe bench`, do not pile up threads).
+struct SignalsHandle(#[cfg(unix)] signal_hook::iterator::Handle);
+
+impl Drop for SignalsHandle {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        self.0.close();
     }
 }
 
