@@ -1197,7 +1197,9 @@ fn a_second_signal_stops_a_run_stuck_in_a_stage_and_cleans_up() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(rows(3).as_bytes()).unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough for the run to start and reach the hang even on a loaded machine (a
+    // signal before the records are read would just end the run: nothing in flight).
+    std::thread::sleep(Duration::from_millis(1500));
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) on the child we started and have not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
