@@ -170,6 +170,7 @@ for c in "${CASES[@]}"; do
         if (m == "nan" || m == "") { printf "| %s | %s | failed | | | |\n", task, tool; exit }
         ratio = (b != "" && b > 0) ? sprintf("%.2f×", m / b) : "—"
         rate = (task ~ /startup/) ? "—" : sprintf("%.0f", n / m)
+        if (task ~ /startup/) out = "—"
         printf "| %s | %s | %.3f s | %s | %s | %s |\n", task, tool, m, rate, ratio, out
     }' | tee -a "$OUT"
 done

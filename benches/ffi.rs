@@ -11,7 +11,7 @@
 //! | `direct` | `<Select as Stage>::process` from the `select` rlib: plain Rust, the work itself |
 //! | `rlib` | the same stage behind the SDK adapter (`#[sabi_trait]` vtable + `catch_unwind`), compiled into this binary |
 //! | `plugin` | `StageBox::process` on an instance from the real release `libselect.so`, loaded with `pipe::loader::Plugin::load` |
-//! | `plugin_take` | `plugin`, then `Output::take_batch` as `runtime.rs`'s worker does to send the rows on, so each call starts from an empty output allocation |
+//! | `plugin_host` | `plugin` plus what `runtime.rs`'s worker does around the call to send the rows on: `Output::resolve(input)`, which hands the input batch on with the kept rows compacted (the input is a fresh clone per iteration, made outside the timing) |
 //!
 //! over batch sizes 0 (the call alone), 1, 16, 256, 1024 and 4096 records. Each call's
 //! result is checked inside the timed loop (the output has as many rows as the input).
@@ -25,7 +25,7 @@ mod common;
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use pipe::loader::Plugin;
 use pipe_sdk::abi::StageBox;
 use pipe_sdk::codec::{self, Format};
@@ -52,13 +52,15 @@ fn batch_of(n: usize) -> Batch {
     batch
 }
 
+/// One call as the host makes it (`runtime.rs`: clear, begin, process), checked.
 fn process_checked(stage: &mut StageBox, batch: &Batch, out: &mut Output) {
     out.clear();
+    out.begin(batch);
     stage
         .process(black_box(batch), out)
         .into_result()
         .expect("select passes every row");
-    assert_eq!(out.batch().len(), batch.len());
+    assert_eq!(out.len(), batch.len());
 }
 
 fn bench(c: &mut Criterion) {
@@ -83,10 +85,11 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("direct", n), &batch, |b, batch| {
             b.iter(|| {
                 out.clear();
+                out.begin(batch);
                 direct
                     .process(black_box(batch), &mut out)
                     .expect("select passes every row");
-                assert_eq!(out.batch().len(), batch.len());
+                assert_eq!(out.len(), batch.len());
             })
         });
         let mut out = Output::new();
@@ -98,11 +101,17 @@ fn bench(c: &mut Criterion) {
             b.iter(|| process_checked(&mut loaded, batch, &mut out))
         });
         let mut out = Output::new();
-        group.bench_with_input(BenchmarkId::new("plugin_take", n), &batch, |b, batch| {
-            b.iter(|| {
-                process_checked(&mut loaded, batch, &mut out);
-                out.take_batch()
-            })
+        group.bench_with_input(BenchmarkId::new("plugin_host", n), &batch, |b, batch| {
+            b.iter_batched(
+                || batch.clone(),
+                |input| {
+                    process_checked(&mut loaded, &input, &mut out);
+                    let passed = out.resolve(input);
+                    assert_eq!(passed.len(), n);
+                    passed
+                },
+                BatchSize::SmallInput,
+            )
         });
         group.finish();
     }
@@ -113,11 +122,11 @@ fn report(summary: &Summary) {
         let group = if n == 0 { "ffi-call" } else { "ffi" };
         summary.ns(group, &format!("{kind}/{n}"))
     };
-    let kinds = ["direct", "rlib", "plugin", "plugin_take"];
+    let kinds = ["direct", "rlib", "plugin", "plugin_host"];
     let cell = |v: Option<f64>| v.map_or("—".to_string(), fmt_ns);
     println!("\n## ffi: select keeping all 8 columns (pass-through), median time per call\n");
     println!(
-        "| records | direct | rlib (vtable) | plugin (.so) | plugin + take_batch | \
+        "| records | direct | rlib (vtable) | plugin (.so) | plugin + resolve | \
          plugin − direct | plugin per record |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
@@ -169,10 +178,10 @@ fn report(summary: &Summary) {
             fmt_ns(per_record),
             if per_record < 20.0 { "holds" } else { "MISSED" },
         );
-        if let (Some((tb, tr)), Some((db, dr))) = (split("plugin_take"), split("direct")) {
+        if let (Some((tb, tr)), Some((db, dr))) = (split("plugin_host"), split("direct")) {
             println!(
                 "boundary alone (plugin − direct): {} per batch, {} per record; with the \
-                 worker's take_batch: {} per batch, {} per record",
+                 worker's resolve: {} per batch, {} per record",
                 fmt_ns(per_batch - db),
                 fmt_ns(per_record - dr),
                 fmt_ns(tb),

@@ -139,6 +139,67 @@ fn parse_report(line: &str) -> (f64, u64) {
     (pause_ms * 1e6, drained)
 }
 
+/// Where the side-by-side load's time goes: each step `pipe::loader::Plugin::load` takes,
+/// redone here on the same file (median of `runs`), next to the whole call and to `new`.
+fn load_breakdown(lib: &Path, runs: usize) {
+    use abi_stable::library::lib_header_from_path;
+    use pipe_sdk::abi::StageMod_Ref;
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut steps: Vec<(&str, Vec<f64>)> = [
+        "read the file",
+        "sha256 of it",
+        "write the private copy",
+        "dlopen + layout check (init_root_module)",
+        "Plugin::load, all of it",
+        "Plugin::instantiate (new)",
+    ]
+    .into_iter()
+    .map(|s| (s, Vec::new()))
+    .collect();
+    let ns = |t: Instant| t.elapsed().as_nanos() as f64;
+    for i in 0..runs {
+        let t = Instant::now();
+        let bytes = std::fs::read(lib).expect("reading the plugin");
+        steps[0].1.push(ns(t));
+        let t = Instant::now();
+        let digest = Sha256::digest(&bytes);
+        steps[1].1.push(ns(t));
+        assert_eq!(digest.len(), 32);
+        let copy = dir
+            .path()
+            .join(format!("{i}-{}", common::lib_name("tagger")));
+        let t = Instant::now();
+        std::fs::write(&copy, &bytes).expect("writing the copy");
+        steps[2].1.push(ns(t));
+        let t = Instant::now();
+        let module = lib_header_from_path(&copy)
+            .and_then(|h| h.init_root_module::<StageMod_Ref>())
+            .expect("opening the copy");
+        steps[3].1.push(ns(t));
+        let _ = std::fs::remove_file(&copy);
+        assert_eq!((module.manifest())().name.as_str(), "tagger");
+        let t = Instant::now();
+        let plugin = pipe::loader::Plugin::load("tagger", lib, None).expect("loading tagger");
+        steps[4].1.push(ns(t));
+        let t = Instant::now();
+        let instance = plugin.instantiate("{}").expect("a tagger instance");
+        steps[5].1.push(ns(t));
+        drop(instance);
+    }
+    println!(
+        "\n### the load, step by step ({runs} loads of the {:.1} MB tagger in this process, \
+         copies in {})\n",
+        common::file_len(lib) as f64 / 1e6,
+        std::env::temp_dir().display()
+    );
+    println!("| step | min | median | p90 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, v) in steps {
+        stats_row(name, v);
+    }
+}
+
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let swaps = if bench_mode {
@@ -370,5 +431,8 @@ fn main() {
             per(mid.1, rss_end, swaps - mid.0),
             per(mid.2, vm_end, swaps - mid.0)
         );
+    }
+    if bench_mode {
+        load_breakdown(&v1, 20);
     }
 }

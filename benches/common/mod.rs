@@ -50,11 +50,14 @@ pub fn lib_name(name: &str) -> String {
 
 /// Runs `cargo build --release ARGS` in the workspace (the `CARGO` that runs the bench).
 /// Benches run in the `bench` profile, which inherits `release`, so the plugins must be
-/// release builds to match; cargo makes this a no-op when they are up to date.
+/// release builds to match; cargo makes this a no-op when they are up to date. (Under
+/// `cargo test --benches` the bench is a debug build, and so are the plugins it builds.)
 pub fn cargo_build(args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = profile_dir().ends_with("release");
     let out = Command::new(cargo)
-        .args(["build", "--release"])
+        .arg("build")
+        .args(release.then_some("--release"))
         .args(args)
         .current_dir(workspace())
         .output()
@@ -115,10 +118,11 @@ pub const ORDER_COLUMNS: [&str; 8] = [
 ];
 
 /// The stage that passes every record through unchanged: `select` keeping every column
-/// of the orders in input order. Its plan is built once per schema; per record it copies
-/// the row's cells and bytes into the output as one block. There is no cheaper stage in
-/// the ABI (a stage writes its output rows; it cannot hand the input batch back), so this
-/// is the floor of what one stage costs.
+/// of the orders in input order. Its plan is built once per schema (then checked against
+/// the input's column names per batch); per record it calls `Output::push`, which marks
+/// the input row as kept, and the host passes kept rows on in place
+/// (`Output::resolve`: the cell table is compacted, the bytes are not copied). No shipped
+/// stage does less per record, so this is the floor of what one stage costs.
 pub fn pass_through_config() -> String {
     format!(
         "{{ keep = [{}] }}",
@@ -220,6 +224,28 @@ pub fn run(plan: &PipelinePlan, file: &Path, format: Format) -> Snapshot {
     report.stats
 }
 
+/// Times `iters` runs of `plan` over `file` for criterion's `iter_custom`, counting each
+/// run's own clock (`Snapshot::elapsed_ms`: from the moment the stages are loaded and
+/// instantiated to the last record written), so the figure is the processing alone. The
+/// plugin loading before it (read, sha256, private copy, `dlopen`; milliseconds per plugin
+/// and, since it writes files, at the mercy of the page cache) is timed apart, on an
+/// empty input, in the `startup` groups. `check` sees every run's counters.
+pub fn run_excluding_load(
+    plan: &PipelinePlan,
+    file: &Path,
+    format: Format,
+    iters: u64,
+    check: impl Fn(&Snapshot),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let stats = run(plan, file, format);
+        check(&stats);
+        total += Duration::from_secs_f64(stats.elapsed_ms / 1e3);
+    }
+    total
+}
+
 /// Criterion set for benches whose one iteration is a whole run (tens to hundreds of
 /// milliseconds): 10 samples, short warm-up, a few seconds each, estimates kept in
 /// `target/criterion` for [`Summary`].
@@ -230,6 +256,17 @@ pub fn criterion_for_runs() -> Criterion {
         .measurement_time(Duration::from_secs(4))
         .output_directory(&target_dir().join("criterion"))
         .configure_from_args()
+}
+
+/// Settings for a group of start-up runs (a whole run on an empty input: a millisecond or
+/// less without plugins). Kept short on purpose: `engine::run` leaves a thread and two
+/// file descriptors behind per call (its SIGINT/SIGTERM listener, `install_signals`), so
+/// tens of thousands of runs in one process end in "Too many open files".
+pub fn startup_group(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_millis(400));
 }
 
 /// Criterion set for micro benches (one call into a stage).
@@ -275,9 +312,10 @@ impl Summary {
         v["median"]["point_estimate"].as_f64()
     }
 
-    /// True when the run was `--test` (cargo test --benches) or listed nothing.
+    /// True unless run by `cargo bench` (which passes `--bench`): under `cargo test
+    /// --benches` criterion runs each benchmark once and measures nothing.
     pub fn is_test_mode() -> bool {
-        std::env::args().any(|a| a == "--test" || a == "--list")
+        !std::env::args().any(|a| a == "--bench") || std::env::args().any(|a| a == "--list")
     }
 }
 
