@@ -172,19 +172,23 @@ pub fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
     if argv.iter().any(|a| Path::new(a) == path) {
         loader::check_trust(&path)?;
     }
-    let sha256 = loader::file_sha256(&path).map_err(|e| LoadError::Io {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    if let Some(expected) = &spec.sha256 {
-        if *expected != sha256 {
-            return Err(LoadError::Checksum {
-                path,
-                expected: expected.clone(),
-                actual: sha256,
-            });
+    let sha256 = match &spec.sha256 {
+        Some(expected) => {
+            let actual = loader::file_sha256(&path).map_err(|e| LoadError::Io {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            if *expected != actual {
+                return Err(LoadError::Checksum {
+                    path,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            Some(actual)
         }
-    }
+        None => None,
+    };
     let process = Arc::new(ProcessSpec::new(&spec.name, argv.clone(), spec.timeout));
     // The probe child only tells us who it is; instances start their own.
     let (probe, hello) = Child::start(&process, &spec.config_json).map_err(|e| match e {

@@ -464,6 +464,10 @@ impl Batch {
     /// Keeps only rows `keep` (indexes in increasing order), in place: the cell table and
     /// positions are compacted; the text stays where it is in the arena.
     pub fn retain_rows(&mut self, keep: &[u32]) {
+        if keep.len() == self.pos.len() {
+            // Increasing indexes, as many as rows: every row is kept.
+            return;
+        }
         let w = self.names.len();
         let mut cells = RVec::with_capacity(keep.len() * w);
         let mut pos = RVec::with_capacity(keep.len());
