@@ -204,14 +204,40 @@ fn busy_stages(ctx: &Context) -> String {
 
 /// Where output goes until the run succeeds.
 enum OutputTarget {
+    /// Written in place: stdout, or a file that is not a regular file.
     Stdout,
-    File { tmp: PathBuf, dest: PathBuf },
+    File {
+        tmp: PathBuf,
+        dest: PathBuf,
+    },
 }
 
 impl OutputTarget {
     fn open(path: Option<&Path>) -> Result<(OutputTarget, Box<dyn Write + Send>), StartError> {
         let Some(dest) = path else {
             return Ok((OutputTarget::Stdout, Box::new(io::stdout())));
+        };
+        // Only a regular file is replaced atomically. A device, a FIFO or a socket
+        // (`-o /dev/null`, `-o fifo`) is written in place: renaming a temporary file over
+        // it would replace the device itself (as root, even /dev/null). A symlink is
+        // followed, so the file it points to is the one replaced.
+        let resolved;
+        let dest = match std::fs::metadata(dest) {
+            Ok(md) if !md.is_file() => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dest)
+                    .map_err(|e| {
+                        StartError::Output(format!("cannot write -o {}: {e}", dest.display()))
+                    })?;
+                return Ok((OutputTarget::Stdout, Box::new(f)));
+            }
+            Ok(_) if dest.is_symlink() => {
+                resolved = std::fs::canonicalize(dest)
+                    .map_err(|e| StartError::Output(format!("-o {}: {e}", dest.display())))?;
+                resolved.as_path()
+            }
+            _ => dest,
         };
         let dir = dest
             .parent()

@@ -300,3 +300,49 @@ fn usage_errors_exit_2() {
         bad_flag.stderr
     );
 }
+
+/// Regression: `-o` onto something that is not a regular file (a FIFO here; `/dev/null`
+/// in real life) must write into it, not rename a temporary file over it, which would
+/// replace the device itself.
+#[cfg(unix)]
+#[test]
+fn output_to_a_fifo_or_device_is_written_in_place() {
+    let sb = Sandbox::with_config(CONVERT);
+    sb.write("in.csv", "id,v\n1,a\n2,b\n");
+    let fifo = sb.path("out.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path; mkfifo(3) creates the FIFO.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = sb.run(&["run", "in.csv", "-o", "out.fifo"], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(reader.join().unwrap(), "id,v\n1,a\n2,b\n");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+    let left: Vec<_> = std::fs::read_dir(sb.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `-o` through a symlink replaces the file it points to, not the link.
+#[cfg(unix)]
+#[test]
+fn output_through_a_symlink_replaces_its_target() {
+    let sb = Sandbox::with_config(CONVERT);
+    sb.write("in.csv", "id\n1\n");
+    sb.write("real.csv", "old\n");
+    std::os::unix::fs::symlink("real.csv", sb.path("link.csv")).unwrap();
+    let out = sb.run(&["run", "in.csv", "-o", "link.csv"], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(sb.path("link.csv").is_symlink());
+    assert_eq!(sb.read("real.csv"), "id\n1\n");
+}
