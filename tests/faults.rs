@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{jsonl, pipe_bin, plugins, Run, Sandbox};
+use common::{assert_clean_stderr, jsonl, pipe_bin, plugins, Run, Sandbox};
 use serde_json::{json, Value};
 
 /// The hint every stage failure under `on_error = "fail"` ends with.
@@ -49,27 +49,6 @@ fn rows_except(n: u32, except: &[u32]) -> String {
         s.push_str(&format!("{i},n{i}\n"));
     }
     s
-}
-
-/// Nothing a user should not see: no panic report, no backtrace hint, no Rust debug
-/// formatting of errors or layouts.
-fn assert_clean_stderr(stderr: &str) {
-    for bad in [
-        "panicked at",
-        "RUST_BACKTRACE",
-        "stack backtrace",
-        "Type Layout",
-        "Os {",
-        "Custom {",
-        "kind: ",
-        "Error {",
-        "Some(",
-    ] {
-        assert!(
-            !stderr.contains(bad),
-            "stderr shows {bad:?} to the user:\n{stderr}"
-        );
-    }
 }
 
 /// stderr without the `--stats=json` line.

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{plugins, Run, Sandbox};
+use common::{assert_clean_stderr, plugins, Run, Sandbox};
 use sha2::{Digest, Sha256};
 
 /// The stages shipped in `stages/`, by plugin name.
@@ -48,26 +48,6 @@ fn install_bytes(sb: &Sandbox, bytes: &[u8], name: &str) -> PathBuf {
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Nothing a user should not see: no panic report, no backtrace hint, no Rust debug
-/// formatting.
-fn assert_clean_stderr(stderr: &str) {
-    for bad in [
-        "panicked at",
-        "RUST_BACKTRACE",
-        "stack backtrace",
-        "Type Layout",
-        "Os {",
-        "Custom {",
-        "kind: ",
-        "Some(",
-    ] {
-        assert!(
-            !stderr.contains(bad),
-            "stderr shows {bad:?} to the user:\n{stderr}"
-        );
-    }
 }
 
 /// `pipe run` refuses to start (exit 2, no output) and `pipe check` fails (exit 1), both

@@ -385,3 +385,24 @@ impl Live {
         (status.code().unwrap_or(-1), out, self.seen.join("\n"))
     }
 }
+
+/// Nothing a user should not see on stderr: no panic report, no backtrace hint, no Rust
+/// debug formatting of errors or layouts.
+pub fn assert_clean_stderr(stderr: &str) {
+    for bad in [
+        "panicked at",
+        "RUST_BACKTRACE",
+        "stack backtrace",
+        "Type Layout",
+        "Os {",
+        "Custom {",
+        "kind: ",
+        "Error {",
+        "Some(",
+    ] {
+        assert!(
+            !stderr.contains(bad),
+            "stderr shows {bad:?} to the user:\n{stderr}"
+        );
+    }
+}

@@ -480,24 +480,6 @@ impl Batch {
         self.pos = pos;
     }
 
-    /// Renames the columns, keeping the rows (the width must not change).
-    pub fn rename_columns<I, S>(&mut self, names: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let w = self.names.len();
-        self.names.clear();
-        for n in names {
-            self.names.push(RString::from(n.as_ref()));
-        }
-        assert_eq!(
-            self.names.len(),
-            w,
-            "rename_columns: the width cannot change"
-        );
-    }
-
     /// Appends every row of `other`, which must have the same columns.
     pub fn extend_from(&mut self, other: &Batch) {
         debug_assert!(self.same_columns(other));

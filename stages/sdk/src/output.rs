@@ -158,7 +158,8 @@ impl Output {
         input.retain_rows(&self.kept);
         self.kept.clear();
         if !input.columns().eq(self.batch.columns()) {
-            input.rename_columns(self.batch.columns());
+            // Same width (push checks it), maybe other names: a rename.
+            input.set_columns(self.batch.columns());
         }
         if !self.batch.is_empty() {
             input.extend_from(&self.batch);
