@@ -227,9 +227,8 @@ pub fn run(plan: &PipelinePlan, file: &Path, format: Format) -> Snapshot {
 /// Times `iters` runs of `plan` over `file` for criterion's `iter_custom`, counting each
 /// run's own clock (`Snapshot::elapsed_ms`: from the moment the stages are loaded and
 /// instantiated to the last record written), so the figure is the processing alone. The
-/// plugin loading before it (read, sha256, private copy, `dlopen`; milliseconds per plugin
-/// and, since it writes files, at the mercy of the page cache) is timed apart, on an
-/// empty input, in the `startup` groups. `check` sees every run's counters.
+/// plugin loading before it (read, in-memory copy, `dlopen`, checks) is timed apart, on
+/// an empty input, in the `startup` groups. `check` sees every run's counters.
 pub fn run_excluding_load(
     plan: &PipelinePlan,
     file: &Path,
@@ -259,9 +258,8 @@ pub fn criterion_for_runs() -> Criterion {
 }
 
 /// Settings for a group of start-up runs (a whole run on an empty input: a millisecond or
-/// less without plugins). Kept short on purpose: `engine::run` leaves a thread and two
-/// file descriptors behind per call (its SIGINT/SIGTERM listener, `install_signals`), so
-/// tens of thousands of runs in one process end in "Too many open files".
+/// less without plugins), kept short: each run loads its plugins afresh, and abi_stable
+/// never unloads them.
 pub fn startup_group(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group
         .sampling_mode(criterion::SamplingMode::Flat)
