@@ -4,13 +4,13 @@
 //! - **latency**: from the new file being in place (renamed over the old one, as cargo
 //!   and deploy tools do) to the first output row tagged by the new version. It includes
 //!   the debounce (`settings.debounce_ms`, set here to `PIPE_BENCH_DEBOUNCE_MS`, default
-//!   50; the shipped default is 300), the side-by-side load (read, sha256, private copy,
+//!   50; the shipped default is 300), the side-by-side load (read, in-memory copy,
 //!   `dlopen`, layout check, `new`), the marker's trip through the chain and the sink.
 //! - **pause**: how long the stage's dispatcher stopped for the swap, from the swap
 //!   report on stderr (`swapped stage ... paused X ms`).
 //! - **memory**: `VmRSS` and `VmSize` of the `pipe` process from `/proc/<pid>/status`
 //!   over the swaps, and the mapped copies of the library (abi_stable never unloads a
-//!   library; each load maps one more private copy, unlinked once mapped).
+//!   library; each load maps one more copy).
 //!
 //! The stream is checked as it goes: ids in order with none lost or duplicated, the tag
 //! switching exactly once per swap, and the run's `--stats=json` counting every swap.
@@ -139,8 +139,10 @@ fn parse_report(line: &str) -> (f64, u64) {
     (pause_ms * 1e6, drained)
 }
 
-/// Where the side-by-side load's time goes: each step `pipe::loader::Plugin::load` takes,
-/// redone here on the same file (median of `runs`), next to the whole call and to `new`.
+/// Where a load's time would go, step by step, redone here on the same file (median of
+/// `runs`), next to the whole `Plugin::load` call and to `new`. The sha256 and the copy
+/// written to disk are the costs `Plugin::load` avoids (it hashes only for a `sha256` pin
+/// and copies into memory); they are kept here to show why.
 fn load_breakdown(lib: &Path, runs: usize) {
     use abi_stable::library::lib_header_from_path;
     use pipe_sdk::abi::StageMod_Ref;
