@@ -318,6 +318,13 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     } else {
         opts.inputs.clone()
     };
+    if inputs.iter().any(|i| i == "-") && io::IsTerminal::is_terminal(&io::stdin()) {
+        // A bare `pipe run` in a terminal would otherwise just wait, silently.
+        tracing::info!(
+            "reading records from the terminal: type them (a CSV header first), end with \
+             Ctrl-D; or pipe data in, or name files"
+        );
+    }
     if inputs.iter().filter(|i| *i == "-").count() > 1 {
         return Err(StartError::Invalid(
             "stdin (`-`) can be read only once".into(),

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{jsonl, Sandbox};
@@ -345,4 +345,38 @@ fn output_through_a_symlink_replaces_its_target() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(sb.path("link.csv").is_symlink());
     assert_eq!(sb.read("real.csv"), "id\n1\n");
+}
+
+/// On a terminal (a pseudo-terminal made by util-linux `script`), `pipe run FILE` draws a
+/// progress bar on stderr with bytes of the total, records/s and an ETA, and nothing of it
+/// reaches stdout. Skipped where `script` is not installed.
+#[test]
+fn progress_bar_renders_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to make a pseudo-terminal");
+        return;
+    }
+    let sb = Sandbox::with_config(CONVERT);
+    let mut big = String::from("id,v\n");
+    for i in 0..300_000 {
+        big.push_str(&format!("{i},some text here\n"));
+    }
+    sb.write("big.csv", &big);
+    common::plugins();
+    let inner = format!(
+        "{} run big.csv --no-watch --batch-size 16 > out.csv",
+        common::pipe_bin().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .current_dir(sb.dir.path())
+        .env_remove("PIPE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("records/s"), "no progress drawn:\n{screen}");
+    assert!(screen.contains("ETA"), "{screen}");
+    assert!(screen.contains("MiB") || screen.contains("KiB"), "{screen}");
+    assert_eq!(sb.read("out.csv"), big, "stdout carries the data only");
 }
