@@ -373,7 +373,11 @@ fn progress_bar_renders_on_a_terminal() {
         .env_remove("PIPE_CONFIG")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(screen.contains("records/s"), "no progress drawn:\n{screen}");
     assert!(screen.contains("ETA"), "{screen}");
