@@ -29,6 +29,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use pipe::loader::Plugin;
 use pipe_sdk::abi::StageBox;
 use pipe_sdk::codec::{self, Format};
+use pipe_sdk::host::HostOutput;
 use pipe_sdk::{Batch, Output, Stage};
 use select::{Select, SelectConfig};
 
@@ -69,7 +70,7 @@ fn bench(c: &mut Criterion) {
         .expect("loading libselect.so");
     let config = common::pass_through_json();
     let mut loaded = plugin.instantiate(&config).expect("a select instance");
-    let mut in_binary = pipe_sdk::stage::new_instance::<Select>(&config)
+    let mut in_binary = pipe_sdk::__private::new_instance::<Select>(&config)
         .into_result()
         .expect("a select instance");
     let mut direct = Select::new(pipe_sdk::parse_config::<SelectConfig>(&config).expect("config"))

@@ -999,6 +999,7 @@ fn end_rows(body: &[u8], rows: usize, out: &mut Output) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipe_sdk::host::HostOutput;
     use pipe_sdk::{Pos, Value};
 
     fn input() -> Batch {
