@@ -115,6 +115,14 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The path names something other than a regular file.
+    #[error("{path}: refusing to load: it is {what}, not a plugin file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is: "a directory", "a FIFO (named pipe)".
+        what: &'static str,
+    },
     /// A process stage's program could not be found or started.
     #[error("{path}: {message}")]
     Program {
@@ -182,13 +190,16 @@ pub fn file_names(plugin: &str) -> Vec<String> {
 /// Finds plugin `plugin` in `search` (each a directory, or the file itself).
 pub fn find(plugin: &str, search: &[PathBuf]) -> Result<PathBuf, LoadError> {
     let names = file_names(plugin);
+    // Anything by that name is the plugin, not only a regular file: a directory or a
+    // FIFO there is reported as what it is by the checks, not as "not found".
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     for place in search {
-        if place.is_file() {
+        if exists(place) && !place.is_dir() {
             return Ok(place.clone());
         }
         for n in &names {
             let p = place.join(n);
-            if p.is_file() {
+            if exists(&p) {
                 return Ok(p);
             }
         }

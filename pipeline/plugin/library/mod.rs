@@ -29,11 +29,7 @@ impl Backend for Library {
 /// Loads the library at `path`, expecting it to be stage `plugin`: trust and pin
 /// checks, private copy, open, layout and version checks, manifest checks.
 pub(crate) fn load(plugin: &str, path: &Path, sha256: Option<&str>) -> Result<Plugin, LoadError> {
-    trust::check_trust(path)?;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = trust::open_verified(path)?.bytes;
     // The bytes that are hashed are the bytes mapped, so the file cannot change between
     // check and load.
     let digest = trust::check_pin(path, &bytes, sha256)?;
