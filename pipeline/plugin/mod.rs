@@ -28,6 +28,7 @@ use pipe_sdk::abi::{ErrorKind, StageBox, StageError};
 
 use crate::config::{StageKind, StageSpec};
 
+pub use library::probe::main as probe_main;
 pub use library::{cleanup, libraries_mapped};
 pub use trust::file_sha256;
 
@@ -78,6 +79,9 @@ pub struct Plugin {
     pub manifest: Manifest,
     /// SHA-256 of the loaded bytes, hex, when the stage pins one (checked equal).
     pub sha256: Option<String>,
+    /// SHA-256 of the loaded bytes, hex, pinned or not, when the backend read them: the
+    /// identity of this version ([`Plugin::same_version`]).
+    digest: Option<String>,
     backend: Arc<dyn Backend>,
 }
 
@@ -129,6 +133,14 @@ pub enum LoadError {
         /// The program.
         path: PathBuf,
         /// What failed, and what to do.
+        message: String,
+    },
+    /// The probe process saw the library misbehave (crash, exit, hang, stray I/O).
+    #[error("{path}: refusing to load: {message}")]
+    Probe {
+        /// The file.
+        path: PathBuf,
+        /// What the library did, and when.
         message: String,
     },
     /// The file or its directory is writable by others, or owned by someone else.
@@ -225,7 +237,7 @@ pub fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
     match &spec.kind {
         StageKind::Plugin { plugin, search } => {
             let path = find(plugin, search)?;
-            library::load(plugin, &path, spec.sha256.as_deref())
+            library::load(plugin, &path, spec.sha256.as_deref(), &spec.config_json)
         }
         StageKind::Command { .. } => process::load(spec),
     }
@@ -260,8 +272,22 @@ impl Plugin {
             path,
             manifest,
             sha256,
+            digest: None,
             backend,
         }
+    }
+
+    /// The same plugin, known by the digest of its bytes.
+    pub(crate) fn with_digest(mut self, digest: String) -> Plugin {
+        self.digest = Some(digest);
+        self
+    }
+
+    /// Whether `other` was loaded from the same bytes as this plugin: then it is not a
+    /// new version, and a reload of it (a file rewritten with what it held, a `touch`)
+    /// changes nothing. False when either has no digest (a program found on `PATH`).
+    pub fn same_version(&self, other: &Plugin) -> bool {
+        self.digest.is_some() && self.digest == other.digest
     }
 
     /// Creates one instance with `config_json`. `Err` when the stage refuses its config

@@ -191,26 +191,29 @@ fn check_owner_and_mode(path: &Path, what: &str, st: &libc::stat) -> Result<(), 
     Ok(())
 }
 
-/// Checks `bytes` (read from `path`) against the stage's pin; returns the digest when
-/// there is a pin. Hashing a plugin (8 MB with debug info) costs milliseconds: only when
-/// pinned.
+/// SHA-256 of `bytes`, lower-case hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Checks `digest` (of the bytes read from `path`) against the stage's pin; returns
+/// the digest when there is a pin.
 pub(crate) fn check_pin(
     path: &Path,
-    bytes: &[u8],
+    digest: &str,
     expected: Option<&str>,
 ) -> Result<Option<String>, LoadError> {
     let Some(expected) = expected else {
         return Ok(None);
     };
-    let digest = hex(&Sha256::digest(bytes));
     if expected != digest {
         return Err(LoadError::Checksum {
             path: path.to_path_buf(),
             expected: expected.to_string(),
-            actual: digest,
+            actual: digest.to_string(),
         });
     }
-    Ok(Some(digest))
+    Ok(Some(digest.to_string()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -285,11 +288,11 @@ mod tests {
     #[test]
     fn sha_pin_mismatch_is_refused() {
         let p = Path::new("liby.so");
-        let e = check_pin(p, b"x", Some(&"0".repeat(64)))
+        let digest = sha256_hex(b"x");
+        let e = check_pin(p, &digest, Some(&"0".repeat(64)))
             .unwrap_err()
             .to_string();
         assert!(e.contains("pins 0000"), "{e}");
-        let digest = hex(&Sha256::digest(b"x"));
-        assert_eq!(check_pin(p, b"x", Some(&digest)).unwrap(), Some(digest));
+        assert_eq!(check_pin(p, &digest, Some(&digest)).unwrap(), Some(digest));
     }
 }

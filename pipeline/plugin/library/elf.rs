@@ -27,10 +27,12 @@ pub(super) fn check(bytes: &[u8]) -> Result<(), String> {
     if len < header_len {
         return Err(incomplete(len, header_len, "its header needs"));
     }
-    if cfg!(target_pointer_width = "64") && bytes[elf::EI_CLASS] != elf::ELFCLASS64 {
-        return Err("a 32-bit library, but this pipe is 64-bit; build the plugin for this \
+    if cfg!(target_pointer_width = "64") && bytes[4] != elf::ELFCLASS64.0 {
+        return Err(
+            "a 32-bit library, but this pipe is 64-bit; build the plugin for this \
                     machine"
-            .into());
+                .into(),
+        );
     }
     let header = FileHeader64::<Endianness>::parse(bytes)
         .map_err(|e| format!("not a valid ELF file ({e})"))?;
@@ -38,9 +40,11 @@ pub(super) fn check(bytes: &[u8]) -> Result<(), String> {
         .endian()
         .map_err(|e| format!("not a valid ELF file ({e})"))?;
     if endian != Endianness::default() {
-        return Err("a library for a machine of the other byte order; build the plugin for \
+        return Err(
+            "a library for a machine of the other byte order; build the plugin for \
                     this machine"
-            .into());
+                .into(),
+        );
     }
     let machine = header.e_machine(endian).0;
     if machine != HOST_MACHINE {

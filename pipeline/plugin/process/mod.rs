@@ -115,7 +115,8 @@ struct ProgramCheck {
 }
 
 impl ProgramCheck {
-    /// Checks the file as it is now; returns its digest when pinned.
+    /// Checks the file as it is now; returns the digest of its bytes (when it read
+    /// them: a program found on `PATH` and not pinned is not read).
     fn verify(&self) -> Result<Option<String>, LoadError> {
         let bytes = if self.named {
             trust::open_verified(&self.path)?.bytes
@@ -127,7 +128,9 @@ impl ProgramCheck {
         } else {
             return Ok(None);
         };
-        trust::check_pin(&self.path, &bytes, self.sha256.as_deref())
+        let digest = trust::sha256_hex(&bytes);
+        trust::check_pin(&self.path, &digest, self.sha256.as_deref())?;
+        Ok(Some(digest))
     }
 }
 
@@ -204,7 +207,8 @@ pub(crate) fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
         path: path.clone(),
         sha256: spec.sha256.clone(),
     };
-    let sha256 = check.verify()?;
+    let digest = check.verify()?;
+    let sha256 = spec.sha256.as_ref().and(digest.clone());
     let mut process = ProcessSpec::new(&spec.name, argv.clone(), spec.timeout);
     process.program = Some(check);
     let process = Arc::new(process);
@@ -225,7 +229,7 @@ pub(crate) fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
             message,
         },
     })?;
-    Ok(Plugin::new(
+    let plugin = Plugin::new(
         path,
         hello,
         sha256,
@@ -233,7 +237,11 @@ pub(crate) fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
             spec: process,
             first: Mutex::new(Some((first, spec.config_json.clone()))),
         }),
-    ))
+    );
+    Ok(match digest {
+        Some(d) => plugin.with_digest(d),
+        None => plugin,
+    })
 }
 
 /// The backend of a process stage: each instance is a child of `spec`.
