@@ -236,6 +236,11 @@ impl Coordinator {
         let plugin = match plugin {
             Some(p) => p,
             None => match plugin::load(&spec) {
+                // The same bytes and config are not a new version (issue 11).
+                Ok(p) if p.same_version(&live.plugin) && spec == live.spec => {
+                    tracing::debug!("stage `{name}`: {} is unchanged", p.path.display());
+                    return;
+                }
                 Ok(p) => Arc::new(p),
                 Err(e) => return refuse(e.to_string()),
             },

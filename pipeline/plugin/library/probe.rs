@@ -219,19 +219,17 @@ fn judge(v: &Verdict<'_>) -> Result<Manifest, Refusal> {
             v.status.code().unwrap_or(-1)
         ));
     }
+    if let Some(p) = problem {
+        return refuse(p);
+    }
     if !v.stdout.is_empty() {
         return refuse(format!(
-            "{during} wrote to standard output (`{}`), which carries the records",
+            "the library wrote to standard output (`{}`), which carries the records",
             shorten(v.stdout)
         ));
     }
     if v.stdin_read {
-        return refuse(format!(
-            "{during} read from standard input, which carries the records"
-        ));
-    }
-    if let Some(p) = problem {
-        return refuse(p);
+        return refuse("the library read from standard input, which carries the records".into());
     }
     match manifest {
         Some(m) => Ok(m),
@@ -406,20 +404,50 @@ pub fn main() -> Option<u8> {
     };
     let fds_before = std_fds();
     let threads_before = threads();
+    // After each step: did the code just run touch what carries the records?
+    let checkpoint = |say: &mut dyn FnMut(&str), during: &str, threads_too: bool| {
+        let mut problems = Vec::new();
+        if stdin_was_read() {
+            problems.push(format!(
+                "{during} read from standard input, which carries the records"
+            ));
+        }
+        let now = std_fds();
+        for (i, name) in ["input", "output", "error"].iter().enumerate() {
+            if now[i] != fds_before[i] {
+                problems.push(format!("{during} closed or replaced its standard {name}"));
+            }
+        }
+        let started = threads().saturating_sub(threads_before);
+        if threads_too && started > 0 {
+            problems.push(format!(
+                "{during} started {started} thread{}; a stage must not run code before the \
+                 host asks it to",
+                if started == 1 { "" } else { "s" }
+            ));
+        }
+        if let Some(p) = problems.first() {
+            say(&format!("problem {p}"));
+            say("ok");
+            // SAFETY: ends this process at once, on purpose.
+            unsafe { libc::_exit(0) }
+        }
+    };
     say("step mapping");
     let path = PathBuf::from(format!("/proc/self/fd/{LIBRARY_FD}"));
     let module = lib_header_from_path(&path)
         .and_then(|h| {
+            checkpoint(&mut say, "its initialisers", true);
             say("step layout");
             h.init_root_module::<StageMod_Ref>()
         })
         .map_err(|e| describe(e, &path));
-    let threads_after = threads();
+    checkpoint(&mut say, "its initialisers", true);
     let module = match module {
         Ok(m) => m,
         Err(message) => {
             say(&format!("library {}", message.replace('\n', "\\n")));
-            finish(&mut say, fds_before, threads_before, threads_after);
+            finish(&mut say)
         }
     };
     let m = (module.manifest())();
@@ -431,52 +459,38 @@ pub fn main() -> Option<u8> {
         "sdk_version": m.sdk_version.as_str(),
     });
     say(&format!("manifest {manifest}"));
-    // Only a library of the right name and SDK is run further: the host refuses the
-    // others from the manifest, without running their `new`.
+    // Only a library of the right name is run further: the host refuses the others from
+    // the manifest, without running their `new`.
     if m.name.as_str() == plugin {
         say("step instance");
         if let Ok(mut instance) = (module.new())(config.as_str().into()).into_result() {
+            checkpoint(&mut say, "its `new`", false);
             say("step batch");
             let mut out = Output::new();
             let _ = instance.process(&Batch::new(), &mut out);
+            checkpoint(&mut say, "its `process`", false);
             say("step drop");
             drop(instance);
+            checkpoint(&mut say, "dropping its instance", false);
         }
     }
-    finish(&mut say, fds_before, threads_before, threads_after)
+    finish(&mut say)
 }
 
-/// Reports the state of the standard descriptors and threads, then `ok`, and exits at
-/// once (no destructors or `atexit` handlers of the library run here).
-fn finish(
-    say: &mut impl FnMut(&str),
-    fds_before: [Option<(u64, u64)>; 3],
-    threads_before: usize,
-    threads_after: usize,
-) -> ! {
-    let now = std_fds();
-    for (i, name) in ["input", "output", "error"].iter().enumerate() {
-        if now[i] != fds_before[i] {
-            say(&format!(
-                "problem it closed or replaced its standard {name} (descriptor {i})"
-            ));
-        }
-    }
-    if threads_after > threads_before {
-        say(&format!(
-            "problem its initialisers started {} thread{}; a stage must not run code \
-             before the host asks it to",
-            threads_after - threads_before,
-            if threads_after - threads_before == 1 {
-                ""
-            } else {
-                "s"
-            }
-        ));
-    }
+/// Reports `ok` and exits at once (no destructors or `atexit` handlers of the library
+/// run here).
+fn finish(say: &mut impl FnMut(&str)) -> ! {
     say("ok");
     // SAFETY: ends this process at once, on purpose.
     unsafe { libc::_exit(0) }
+}
+
+/// Whether the one byte the host put in our stdin is gone.
+fn stdin_was_read() -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let r = unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
+    r == 0 && n == 0
 }
 
 /// Device and inode of descriptors 0, 1, 2 (`None`: closed).
