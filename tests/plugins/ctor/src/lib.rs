@@ -1,13 +1,14 @@
 //! Test plugin `ctor`: a pass-through stage whose ELF constructor misbehaves on cue, to
 //! show that the host probes a library in a child process before it maps it (issue 11).
 //!
-//! The constructor reads the file named by `PIPE_TEST_CTOR_FILE` when the library is
-//! mapped (so a test can change the behaviour of the next mapping while a run goes on)
+//! The constructor reads the file named by `PIPE_TEST_CTOR_FILE` (default: `ctor-mode`
+//! in the current directory, the test's sandbox) when the library is mapped (so a test can change the behaviour of the next mapping while a run goes on)
 //! and does what it says:
 //! - `crash`: SIGSEGV; `exit`: `exit(3)`; `hang`: sleeps for ten minutes;
 //! - `stdin`: reads one byte of standard input; `stdout`: closes standard output;
 //!   `print`: writes a line on standard output; `thread`: starts a thread;
-//! - `mark`: creates the file named by `PIPE_TEST_CTOR_MARK` (to show code ran);
+//! - `mark`: creates the file named by `PIPE_TEST_CTOR_MARK` (default: `ctor-mark`),
+//!   to show that code ran;
 //! - anything else, or no variable: nothing.
 //!
 //! The stage copies every row and adds column `ctor` = `"ok"`.
@@ -21,9 +22,7 @@ use pipe_sdk::prelude::*;
 static INIT: extern "C" fn() = init;
 
 extern "C" fn init() {
-    let Some(file) = std::env::var_os("PIPE_TEST_CTOR_FILE") else {
-        return;
-    };
+    let file = std::env::var_os("PIPE_TEST_CTOR_FILE").unwrap_or_else(|| "ctor-mode".into());
     let mode = std::fs::read_to_string(file).unwrap_or_default();
     // SAFETY: each arm misbehaves on purpose, with plain libc calls.
     unsafe {
@@ -48,9 +47,9 @@ extern "C" fn init() {
                 });
             }
             "mark" => {
-                if let Some(mark) = std::env::var_os("PIPE_TEST_CTOR_MARK") {
-                    let _ = std::fs::write(mark, b"ran");
-                }
+                let mark =
+                    std::env::var_os("PIPE_TEST_CTOR_MARK").unwrap_or_else(|| "ctor-mark".into());
+                let _ = std::fs::write(mark, b"ran");
             }
             _ => {}
         }
