@@ -534,3 +534,25 @@ fn rss_over_two_hundred_real_swaps() {
         (after.saturating_sub(before)) / 200
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// No litter.
+
+#[test]
+fn private_directories_of_dead_runs_are_swept_at_the_next_start() {
+    let sb = sandbox(true);
+    let run = sb.path("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // What a `pipe` killed with SIGKILL leaves: pid above the kernel's maximum, so dead.
+    let dead = run.join("pipe-999999999-1f");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::set_permissions(&dead, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("/proc/self/fd/9", dead.join("0-libctor.so")).unwrap();
+    let mut live = Live::start(&sb, &["run", "-v"]);
+    live.write("id,x\n1,a\n");
+    assert!(!dead.exists(), "the dead run's directory is still there");
+    let (code, _, err) = live.finish();
+    assert_eq!(code, 0, "{err}");
+    let left: Vec<_> = std::fs::read_dir(&run).unwrap().collect();
+    assert!(left.is_empty(), "litter: {left:?}");
+}

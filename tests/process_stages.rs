@@ -465,3 +465,62 @@ fn children_do_not_outlive_pipe_on_ctrl_c_sigterm_or_sigkill() {
         assert!(!err.contains("KeyboardInterrupt"), "{err}");
     }
 }
+
+/// A stage whose child starts a grandchild that keeps the child's stdout open, then
+/// exits on the row `die`.
+const GRANDPARENT: &str = r#"
+import json, os, subprocess, sys
+hello = json.loads(sys.stdin.readline())
+p = subprocess.Popen(["sleep", "600"])
+with open("grandchildren", "a") as f:
+    f.write(f"{p.pid}\n")
+print(json.dumps({"pipe": 1, "name": "gp", "version": "1.0.0"}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("end"):
+        break
+    rows = [json.loads(sys.stdin.readline()) for _ in range(msg["rows"])]
+    if any(r.get("id") == "die" for r in rows):
+        os._exit(1)
+    print(json.dumps({"batch": msg["batch"], "rows": len(rows)}))
+    for r in rows:
+        print(json.dumps(r))
+    sys.stdout.flush()
+"#;
+
+/// Regression (issue 12): a child that exited while a grandchild held its stdout stalled
+/// its worker forever when the stage had no `timeout_ms`; and grandchildren outlived it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_grandchild_holding_stdout_does_not_stall_the_stage() {
+    let sb = Sandbox::new();
+    sb.write("gp.py", GRANDPARENT);
+    sb.write(
+        "pipelines.toml",
+        "[pipelines.default]\n[[pipelines.default.stages]]\n\
+         command = [\"python3\", \"gp.py\"]\non_error = \"skip\"\n",
+    );
+    let mut live = Live::start(&sb, &["run", "-v", "--no-watch", "--stats=json"]);
+    live.write("id,x\n");
+    live.write(&records(0, 100));
+    live.write("die,x\n");
+    let t = Instant::now();
+    live.expect_line("restarting it", 20);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    live.write(&records(100, 200));
+    let (code, _out, err) = live.finish();
+    assert_eq!(code, 0, "{err}");
+    Run {
+        code,
+        stdout: String::new(),
+        stderr: err.clone(),
+    }
+    .assert_balanced();
+    let grandchildren: Vec<u32> = sb
+        .read("grandchildren")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(grandchildren.len() >= 2, "{grandchildren:?}");
+    assert_eq!(wait_until_gone(&grandchildren), Vec::<u32>::new(), "{err}");
+}

@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn text_says_what_it_starts_with() {
         let e = check(b"#!/bin/sh\necho hello\n").unwrap_err();
-        assert_eq!(e, "not an ELF file (it starts with `#!/bin/sh.echo hel`)");
+        assert_eq!(e, "not an ELF file (it starts with `#!/bin/sh.echo h`)");
     }
 
     #[test]

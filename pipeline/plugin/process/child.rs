@@ -49,8 +49,8 @@ impl Child {
         let config: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| StartError::Refused(format!("config is not JSON: {e}")))?;
         // Checked at every start, restarts included: a pinned script changed since the
-        // load must not run (process_stages.rs: a_pinned_script_changed_after_load_is_
-        // refused_at_restart).
+        // load must not run (loading_safety.rs:
+        // a_pinned_script_changed_after_load_is_refused_at_restart).
         spec.check_program()
             .map_err(|e| StartError::Spawn(e.to_string()))?;
         let mut child = Child::spawn(spec)?;
