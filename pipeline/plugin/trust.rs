@@ -161,7 +161,7 @@ fn file_type(mode: libc::mode_t) -> &'static str {
 fn check_owner_and_mode(path: &Path, what: &str, st: &libc::stat) -> Result<(), LoadError> {
     // SAFETY: plain syscall.
     let uid = unsafe { libc::geteuid() };
-    let mode = st.st_mode as u32;
+    let mode = st.st_mode;
     let sticky = what == "directory" && mode & 0o1000 != 0;
     if mode & 0o022 != 0 && !sticky {
         return Err(LoadError::Untrusted {

@@ -13,7 +13,7 @@
 //! keep accidents (a half-copied file, a crashing constructor) out of the host.
 
 mod copy;
-mod describe;
+pub(super) mod describe;
 mod elf;
 pub mod probe;
 
