@@ -9,14 +9,16 @@
 //! - [`reload`]: hot reload: file watching, the coordinator, the pure plan diff.
 //! - [`run`]: one run: source, feeder, chain (dispatchers and workers), markers, policy,
 //!   sink, atomic output, shutdown, watchdog, stats, dead letter.
-//! - [`loader`], [`process`]: plugins: find, check and open libraries; process stages.
+//! - [`plugin`]: the one `Plugin` and its one load path: find, check (trust, sha256,
+//!   structure, probe, ABI layout, manifest) and open; a backend per kind of stage
+//!   (`plugin::library`: native `cdylib`; `plugin::process`: children speaking JSON
+//!   lines).
 //! - [`config`]: `pipelines.toml` → a validated [`config::PipelinePlan`]; command-line
 //!   options → a resolved [`config::RunPlan`].
 
 pub mod cli;
 pub mod config;
-pub mod loader;
-pub mod process;
+pub mod plugin;
 pub mod reload;
 pub mod run;
 pub mod tools;

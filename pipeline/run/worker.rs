@@ -16,7 +16,7 @@ use super::policy::{self, Culprit, Tally};
 use super::stage::StageRuntime;
 use super::watchdog::WatchSlot;
 use crate::config::{Policy, StageSpec};
-use crate::loader::Plugin;
+use crate::plugin::Plugin;
 
 /// What a dispatcher hands its workers.
 pub enum Work {
