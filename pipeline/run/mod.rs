@@ -46,6 +46,9 @@ mod threads;
 mod watchdog;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use chain::{effective_workers, prepare, PrepareError, StageSetup};
 pub use error::RunError;
 pub use feeder::{Command, Rebuilt};
