@@ -17,14 +17,17 @@
 
 use std::fmt;
 
-use abi_stable::{
-    std_types::{RString, RVec},
-    StableAbi,
-};
+#[cfg(not(target_arch = "wasm32"))]
+use abi_stable::StableAbi;
+
+use crate::std_types::{RString, RVec};
+#[cfg(target_arch = "wasm32")]
+use crate::std_types::CopySlice;
 
 /// The type of a cell.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// The record has no such field (a JSON line without the key). Not written to JSON
     /// lines; an empty cell in CSV.
@@ -45,7 +48,8 @@ pub enum Kind {
 
 /// One cell: where its text is in the arena, and its kind.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell {
     pub(crate) start: u32,
     pub(crate) len: u32,
@@ -56,7 +60,8 @@ pub struct Cell {
 /// and the 1-based line its text starts on. `line == 0` means the record was made by a
 /// stage (for example an aggregate emitted at the end of the stream).
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Pos {
     /// Index of the input in the run's list of inputs.
     pub input: u32,
@@ -127,14 +132,15 @@ pub fn parse_f64(s: &str) -> Option<f64> {
 
 /// Records sharing one schema, stored in one arena. See the module docs.
 #[repr(C)]
-#[derive(StableAbi, Clone, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Clone, Default)]
 pub struct Batch {
-    names: RVec<RString>,
-    data: RVec<u8>,
-    cells: RVec<Cell>,
-    pos: RVec<Pos>,
+    pub(crate) names: RVec<RString>,
+    pub(crate) data: RVec<u8>,
+    pub(crate) cells: RVec<Cell>,
+    pub(crate) pos: RVec<Pos>,
     /// Number of cells pushed for the row under construction.
-    open: u32,
+    pub(crate) open: u32,
 }
 
 impl fmt::Debug for Batch {
@@ -496,6 +502,7 @@ impl Batch {
     }
 
     /// Row `r`'s cells and the arena they point into (for the writers' hot loops).
+    #[cfg_attr(not(feature = "codec"), allow(dead_code))]
     pub(crate) fn raw_row(&self, r: usize) -> (&[Cell], &[u8]) {
         let w = self.names.len();
         (&self.cells[r * w..(r + 1) * w], &self.data)
