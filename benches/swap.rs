@@ -140,8 +140,8 @@ fn parse_report(line: &str) -> (f64, u64) {
 }
 
 /// Where a load's time would go, step by step, redone here on the same file (median of
-/// `runs`), next to the whole `Plugin::load` call and to `new`. The sha256 and the copy
-/// written to disk are the costs `Plugin::load` avoids (it hashes only for a `sha256` pin
+/// `runs`), next to the whole `plugin::load` call and to `new`. The sha256 and the copy
+/// written to disk are the costs `plugin::load` avoids (it hashes only for a `sha256` pin
 /// and copies into memory); they are kept here to show why.
 fn load_breakdown(lib: &Path, runs: usize) {
     use abi_stable::library::lib_header_from_path;
@@ -153,7 +153,7 @@ fn load_breakdown(lib: &Path, runs: usize) {
         "sha256 of it",
         "write the private copy",
         "dlopen + layout check (init_root_module)",
-        "Plugin::load, all of it",
+        "plugin::load, all of it",
         "Plugin::instantiate (new)",
     ]
     .into_iter()
@@ -182,7 +182,8 @@ fn load_breakdown(lib: &Path, runs: usize) {
         let _ = std::fs::remove_file(&copy);
         assert_eq!((module.manifest())().name.as_str(), "tagger");
         let t = Instant::now();
-        let plugin = pipe::loader::Plugin::load("tagger", lib, None).expect("loading tagger");
+        let plugin =
+            pipe::plugin::load(&pipe::plugin::file_spec("tagger", lib)).expect("loading tagger");
         steps[4].1.push(ns(t));
         let t = Instant::now();
         let instance = plugin.instantiate("{}").expect("a tagger instance");

@@ -10,7 +10,7 @@ use crate::cli::{
 };
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
 use crate::engine;
-use crate::loader::{self, Plugin};
+use crate::plugin;
 
 /// Prints `error` as `pipe: error: ...` and returns `code`.
 pub fn fail(code: u8, error: &dyn Display) -> u8 {
@@ -152,7 +152,7 @@ pub fn stages(args: StagesArgs) -> u8 {
             };
             let name = stem.strip_prefix(DLL_PREFIX).unwrap_or(stem);
             found += 1;
-            match Plugin::load(name, &f, None) {
+            match plugin::load(&plugin::file_spec(name, &f)) {
                 Ok(p) => outln!(
                     "{:<12} {:<8} ok   {}  {}",
                     p.manifest.name,
@@ -174,7 +174,7 @@ pub fn stages(args: StagesArgs) -> u8 {
         );
         return 1;
     }
-    let _ = loader::libraries_mapped();
+    let _ = plugin::libraries_mapped();
     if broken > 0 {
         1
     } else {

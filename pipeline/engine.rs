@@ -26,10 +26,10 @@ use crossbeam_channel::{bounded, select, tick, unbounded, Receiver, Sender};
 use pipe_sdk::codec::{self, Format};
 use pipe_sdk::Batch;
 
-use crate::config::{PipelinePlan, Policy, StageKind, StageSpec};
+use crate::config::{PipelinePlan, Policy, StageSpec};
 use crate::deadletter::DeadLetter;
 use crate::error::RunError;
-use crate::loader::{self, LoadError, Plugin};
+use crate::plugin::{self, LoadError, Plugin};
 use crate::runtime::{Context, Msg, RetireOrder, RunningChain, StageSetup, SwapOrder, Watchdog};
 use crate::stats::{RunStats, Snapshot};
 
@@ -105,15 +105,7 @@ pub fn load_stage(spec: &StageSpec) -> Result<Arc<Plugin>, StartError> {
         stage: spec.name.clone(),
         source,
     };
-    match &spec.kind {
-        StageKind::Plugin { plugin, search } => {
-            let path = loader::find(plugin, search).map_err(err)?;
-            Plugin::load(plugin, &path, spec.sha256.as_deref())
-                .map(Arc::new)
-                .map_err(err)
-        }
-        StageKind::Command { .. } => crate::process::load(spec).map(Arc::new).map_err(err),
-    }
+    plugin::load(spec).map(Arc::new).map_err(err)
 }
 
 /// The number of workers a stage runs: 1 for a stateful plugin.
@@ -539,7 +531,7 @@ fn install_signals(tx: Sender<i32>, ctx: Arc<Context>) -> Option<SignalsHandle> 
                                 }
                             }
                             let _ = ctx.dead.flush();
-                            crate::loader::cleanup();
+                            crate::plugin::cleanup();
                             std::process::exit(128 + sig);
                         }
                         INTERRUPTED.store(128 + sig, Relaxed);

@@ -3,14 +3,15 @@
 //!
 //! # Layout
 //! - `config`: `pipelines.toml` → a validated, resolved [`config::PipelinePlan`].
-//! - `loader`: find, check (trust, sha256, ABI layout, manifest) and open plugins.
+//! - `plugin`: the one `Plugin` and its one load path: find, check (trust, sha256,
+//!   structure, probe, ABI layout, manifest) and open; a backend per kind of stage
+//!   (`plugin::library`: native `cdylib`; `plugin::process`: children speaking JSON lines).
 //! - `engine`: one run end to end: reader, feeder, chain, sink; exit outcome.
 //! - `runtime`: the chain's dispatchers and workers, swap and drain markers, the
 //!   timeout watchdog.
 //! - `watch`: hot reload: file watching, debounce, side-by-side load, swap or rebuild.
 //! - `deadletter`: the dead-letter file.
 //! - `stats`: counters and the accounting identity.
-//! - `process`: process stages: children speaking JSON lines over stdin/stdout.
 //! - `progress`: the progress bar.
 //! - `bench`, `generate`: `pipe bench` with its bare-loop baselines; sample data.
 //! - `scaffold`: `pipe new`; `testfile`: `pipe test`.
@@ -26,9 +27,8 @@ pub mod deadletter;
 pub mod engine;
 pub mod error;
 pub mod generate;
-pub mod loader;
 pub mod logging;
-pub mod process;
+pub mod plugin;
 pub mod progress;
 pub mod runtime;
 pub mod scaffold;

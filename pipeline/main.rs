@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         CommandLine::Completions(args) => commands::completions(args),
         CommandLine::Man => commands::man(),
     };
-    pipe::loader::cleanup();
+    pipe::plugin::cleanup();
     ExitCode::from(code)
 }
 

@@ -44,7 +44,7 @@ use pipe_sdk::{Batch, Output, Pos};
 use crate::config::{Policy, StageSpec};
 use crate::deadletter::DeadLetter;
 use crate::error::RunError;
-use crate::loader::Plugin;
+use crate::plugin::Plugin;
 use crate::stats::{RunStats, StageStats};
 
 /// A message on a stage channel.
@@ -544,7 +544,7 @@ impl StageRuntime {
             Err(e) => {
                 self.stats.batch_errors.fetch_add(1, Relaxed);
                 if let Some(why) = version.plugin.gave_up() {
-                    // A process stage whose children keep failing (process.rs).
+                    // A process stage whose children keep failing (plugin/process/).
                     return Err(RunError::Stage {
                         stage: spec.name.clone(),
                         message: why.to_string(),

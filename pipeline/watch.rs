@@ -27,8 +27,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::config::{PipelinePlan, PipelinesConfig, StageKind, StageSpec};
 use crate::engine::{prepare, Command};
-use crate::loader::{LoadError, Plugin};
-use crate::process;
+use crate::plugin::{self, Plugin};
 use crate::runtime::{SwapOrder, SwapOutcome};
 use crate::stats::RunStats;
 
@@ -67,15 +66,6 @@ fn normalise(p: &Path) -> PathBuf {
             .map(|d| d.join(name))
             .unwrap_or_else(|_| abs.clone()),
         _ => abs,
-    }
-}
-
-/// Loads `spec`'s stage anew from `path`: a plugin library, or a process stage's program
-/// (a new child is started and handshaken; see `process.rs`).
-fn reload(spec: &StageSpec, path: &Path) -> Result<Plugin, LoadError> {
-    match &spec.kind {
-        StageKind::Plugin { plugin, .. } => Plugin::load(plugin, path, spec.sha256.as_deref()),
-        StageKind::Command { .. } => process::load(spec),
     }
 }
 
@@ -245,7 +235,7 @@ impl Coordinator {
         };
         let plugin = match plugin {
             Some(p) => p,
-            None => match reload(&spec, &live.path) {
+            None => match plugin::load(&spec) {
                 Ok(p) => Arc::new(p),
                 Err(e) => return refuse(e.to_string()),
             },
