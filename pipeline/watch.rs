@@ -343,7 +343,10 @@ impl Coordinator {
                 // Same file: reuse the loaded plugin unless the pin changed. A process
                 // stage is loaded anew: its `timeout_ms` lives in the plugin, and the new
                 // config is checked by a new child's handshake before anything changes.
-                let plugin = (spec.sha256 == self.stages[i].spec.sha256
+                // A WASM stage's limits are compiled into its plugin: loaded anew too.
+                let old = &self.stages[i].spec;
+                let plugin = (spec.sha256 == old.sha256
+                    && (spec.timeout, spec.memory_mb) == (old.timeout, old.memory_mb)
                     && matches!(spec.kind, StageKind::Plugin { .. }))
                 .then(|| self.stages[i].plugin.clone());
                 self.swap(i, spec, plugin);

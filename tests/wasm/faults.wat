@@ -6,7 +6,7 @@
 ;; "first batch of this instance" on an instance's first batch, which shows when the host
 ;; re-created it. The first byte of a batch's first cell picks a fault:
 ;;   L  loops forever          (timeout_ms)
-;;   B  grows memory forever   (memory_mb)
+;;   B  grows and fills memory forever   (memory_mb)
 ;;   T  traps (unreachable)
 ;;   P  panics: `pipe.panic("boom")`, then traps
 ;;   X  replies outside its memory
@@ -86,8 +86,14 @@
           (i32.load8_u (i32.add (local.get $data) (i32.load offset=16 (local.get $ptr)))))
         (if (i32.eq (local.get $first) (i32.const 76)) ;; L
           (then (loop $forever (br $forever))))
-        (if (i32.eq (local.get $first) (i32.const 66)) ;; B
-          (then (loop $more (drop (memory.grow (i32.const 16))) (br $more))))
+        (if (i32.eq (local.get $first) (i32.const 66)) ;; B: grow and touch 1 MiB at a time
+          (then
+            (loop $more
+              (local.set $i (memory.grow (i32.const 16)))
+              (if (i32.eq (local.get $i) (i32.const -1)) (then unreachable))
+              (memory.fill
+                (i32.mul (local.get $i) (i32.const 65536)) (i32.const 85) (i32.const 1048576))
+              (br $more))))
         (if (i32.eq (local.get $first) (i32.const 84)) ;; T
           (then unreachable))
         (if (i32.eq (local.get $first) (i32.const 80)) ;; P
