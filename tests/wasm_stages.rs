@@ -121,7 +121,11 @@ fn compute_built_as_wasm_writes_what_the_so_writes() {
     assert_eq!(a.code, 0, "{}", a.stderr);
     assert_eq!(b.code, 0, "{}", b.stderr);
     assert_eq!(b.stdout, a.stdout);
-    assert!(b.stdout.contains("1,ann,DE,12.34,1234,ann!"), "{}", b.stdout);
+    assert!(
+        b.stdout.contains("1,ann,DE,12.34,1234,ann!"),
+        "{}",
+        b.stdout
+    );
     assert_eq!(wasm.read("dl.jsonl"), so.read("dl.jsonl"));
     assert!(wasm.read("dl.jsonl").contains("'n/a' is not a number"));
     b.assert_balanced();
@@ -260,9 +264,10 @@ fn a_rust_stage_that_panics_or_aborts_as_wasm_costs_one_batch_not_the_run() {
 
 #[test]
 fn modules_that_are_not_stages_do_not_start() {
-    let missing = String::from_utf8(std::fs::read(workspace().join("tests/wasm/faults.wat")).unwrap())
-        .unwrap()
-        .replace("(export \"pipe_process\")", "");
+    let missing =
+        String::from_utf8(std::fs::read(workspace().join("tests/wasm/faults.wat")).unwrap())
+            .unwrap()
+            .replace("(export \"pipe_process\")", "");
     let sb = faults_sandbox(1, "");
     sb.write("plugins/faults.wasm", wat::parse_str(&missing).unwrap());
     let r = sb.run(&["run", "--no-watch"], "x\na\n");
@@ -296,7 +301,11 @@ fn check_counted(out: &str, n: u64) -> Vec<String> {
     let mut tags = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.unwrap();
-        assert_eq!(rec[0].parse::<u64>().unwrap(), i as u64, "lost or reordered");
+        assert_eq!(
+            rec[0].parse::<u64>().unwrap(),
+            i as u64,
+            "lost or reordered"
+        );
         assert_eq!(
             rec[3].parse::<u64>().unwrap(),
             i as u64 + 1,
@@ -357,7 +366,10 @@ fn a_stateful_wasm_stage_is_hot_swapped_in_a_live_stream_with_its_state() {
     assert_eq!(switches, 1, "{err}");
     assert_eq!(tags[0], "v1");
     assert_eq!(tags[59_999], "v2");
-    assert!(tags[..40_000].iter().all(|t| t == "v1"), "v2 before the swap");
+    assert!(
+        tags[..40_000].iter().all(|t| t == "v1"),
+        "v2 before the swap"
+    );
     assert_clean_stderr(&err);
 }
 
@@ -368,7 +380,9 @@ fn a_wasm_stage_config_change_is_swapped_with_its_new_limits() {
     live.write("x\na\n");
     live.expect_line("first batch of this instance", 60);
     // Tighten the limit: the stage is swapped, and the new limit applies to the next loop.
-    let cfg = sb.read("pipelines.toml").replace("timeout_ms = 5000", "timeout_ms = 100");
+    let cfg = sb
+        .read("pipelines.toml")
+        .replace("timeout_ms = 5000", "timeout_ms = 100");
     sb.write("pipelines.toml", cfg);
     live.expect_line("swapped stage `faults`", 60);
     live.write("Loop\nb\n");
@@ -380,4 +394,103 @@ fn a_wasm_stage_config_change_is_swapped_with_its_new_limits() {
         "{}",
         sb.read("dl.jsonl")
     );
+}
+
+#[test]
+fn pipe_new_wasm_scaffolds_a_stage_that_builds_as_wasm_and_runs() {
+    let root = workspace();
+    let ws = tempfile::tempdir().unwrap();
+    // A user's workspace: the SDK by path, the versions of this repository's lock file.
+    std::fs::write(
+        ws.path().join("Cargo.toml"),
+        format!(
+            "[workspace]\nresolver = \"2\"\nmembers = [\n]\ndefault-members = [\n]\n\n\
+             [workspace.package]\nedition = \"2021\"\nlicense = \"MIT\"\n\n\
+             [workspace.dependencies]\npipe-sdk = {{ path = {:?} }}\n\
+             serde = {{ version = \"1\", features = [\"derive\"] }}\n\
+             serde_json = {{ version = \"1\", features = [\"raw_value\", \"preserve_order\"] }}\n",
+            root.join("stages/sdk").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(root.join("Cargo.lock"), ws.path().join("Cargo.lock")).unwrap();
+    let out = Command::new(common::pipe_bin())
+        .args(["new", "yell", "--wasm", "--root"])
+        .arg(ws.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("cargo build --target wasm32-unknown-unknown --release -p stage-yell"),
+        "{said}"
+    );
+    // The command it prints, sharing this repository's target directory.
+    let target = root.join("target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--release",
+            "-p",
+            "stage-yell",
+        ])
+        .current_dir(ws.path())
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let sb = Sandbox::with_config(
+        "[pipelines.default]\ninput = \"csv\"\n\n[[pipelines.default.stages]]\n\
+         plugin = \"yell\"\npath = \"yell.wasm\"\nconfig = { fields = [\"name\"] }\n",
+    );
+    std::fs::copy(
+        target.join("wasm32-unknown-unknown/release/yell.wasm"),
+        sb.path("yell.wasm"),
+    )
+    .unwrap();
+    let r = sb.run(&["run", "--no-watch"], "id,name\n1,ann\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "id,name\n1,ANN\n");
+}
+
+/// The shipped `sandboxed` pipeline (compute as WASM) writes what the same pipeline with
+/// the native compute writes, on the shipped sample.
+#[test]
+fn the_shipped_sandboxed_pipeline_matches_its_native_twin() {
+    let g = guests();
+    let shipped = std::fs::read_to_string(workspace().join("pipelines.toml")).unwrap();
+    let wasm_path = "path = \"target/wasm32-unknown-unknown/release/compute.wasm\"";
+    assert!(shipped.contains(wasm_path), "the shipped WASM stage moved");
+    let config = |path_line: &str| {
+        shipped
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("plugin_dir"))
+            .map(|l| if l == wasm_path { path_line } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let sample = std::fs::read_to_string(workspace().join("samples/orders.csv")).unwrap();
+    let wasm = Sandbox::with_config(&config(&format!(
+        "path = {:?}",
+        g.compute.display().to_string()
+    )));
+    let native = Sandbox::with_config(&config(""));
+    let a = wasm.run(&["run", "sandboxed", "--no-watch", "--stats=json"], &sample);
+    let b = native.run(&["run", "sandboxed", "--no-watch"], &sample);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    assert_eq!(a.stdout, b.stdout);
+    assert!(a.stdout.lines().count() > 5);
+    a.assert_balanced();
 }

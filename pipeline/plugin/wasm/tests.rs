@@ -173,12 +173,18 @@ fn modules_that_are_not_stages_are_refused_with_what_is_wrong() {
         search: vec![path.clone()],
     };
     let e = plugin::load(&other).unwrap_err().to_string();
-    assert!(e.contains("this module is stage `faults`, not `other`"), "{e}");
+    assert!(
+        e.contains("this module is stage `faults`, not `other`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_module_needing_more_memory_than_its_cap_at_start_is_refused() {
-    let big = FAULTS.replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 64)");
+    let big = FAULTS.replace(
+        "(memory (export \"memory\") 1)",
+        "(memory (export \"memory\") 64)",
+    );
     let (_d, path) = module(&big, "faults");
     let e = plugin::load(&spec(&path, Some(1), None))
         .unwrap_err()

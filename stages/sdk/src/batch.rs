@@ -20,9 +20,9 @@ use std::fmt;
 #[cfg(not(target_arch = "wasm32"))]
 use abi_stable::StableAbi;
 
-use crate::std_types::{RString, RVec};
 #[cfg(target_arch = "wasm32")]
 use crate::std_types::CopySlice;
+use crate::std_types::{RString, RVec};
 
 /// The type of a cell.
 #[repr(u8)]

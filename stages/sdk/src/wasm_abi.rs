@@ -67,9 +67,9 @@ use std::fmt;
 
 use crate::batch::{Batch, Cell, Kind, Pos};
 use crate::output::{Output, Reject};
-use crate::std_types::RString;
 #[cfg(target_arch = "wasm32")]
 use crate::std_types::CopySlice;
+use crate::std_types::RString;
 
 /// The version of this SDK, as a WASM stage's manifest records it.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -347,7 +347,10 @@ fn decode_batch_from(r: &mut Reader<'_>, batch: &mut Batch, check: Check) -> Res
             }
         }
         let kind = kind_of(kind).ok_or_else(|| {
-            AbiError::new(format!("cell {} has an unknown kind {kind}", i % cols.max(1)))
+            AbiError::new(format!(
+                "cell {} has an unknown kind {kind}",
+                i % cols.max(1)
+            ))
         })?;
         batch.cells.push(Cell { start, len, kind });
     }
@@ -493,7 +496,9 @@ pub fn decode_output(
         });
     }
     if at != reasons.len() {
-        return Err(AbiError::new("the reasons section is longer than its reasons"));
+        return Err(AbiError::new(
+            "the reasons section is longer than its reasons",
+        ));
     }
     Ok(Ok(()))
 }

@@ -152,7 +152,9 @@ impl<S: Stage> GuestCell<S> {
             let stage = g.stage.as_mut().ok_or("pipe_new has not been called")?;
             g.out.clear();
             g.out.begin(&g.input);
-            stage.process(&g.input, &mut g.out).map_err(|e| e.to_string())
+            stage
+                .process(&g.input, &mut g.out)
+                .map_err(|e| e.to_string())
         });
         match r {
             Ok(()) => wasm_abi::encode_output(&g.out, &mut g.reply),

@@ -99,7 +99,9 @@ impl Stage for Tagger {
     fn new(config: TaggerConfig) -> Result<Self, Error> {
         // Built as WASM (tests/wasm_stages.rs), the stage has no clock to sleep on.
         if cfg!(target_arch = "wasm32") && config.delay_us > 0 {
-            return Err(Error::msg("delay_us needs a clock, which a WASM stage has not"));
+            return Err(Error::msg(
+                "delay_us needs a clock, which a WASM stage has not",
+            ));
         }
         Ok(Tagger { config, seen: 0 })
     }
