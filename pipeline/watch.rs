@@ -16,6 +16,7 @@
 //! (default 300 ms, `settings.debounce_ms`): long enough for `cp` or a linker to finish
 //! writing, short enough to feel immediate. A file that still fails to load (say, it was
 //! half-written) is reported and the old version keeps running; the next change retries.
+//! A file rewritten with the same bytes is not a new version: nothing is reloaded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,9 @@ struct Coordinator {
     watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
     /// Directories watched so far.
     dirs: BTreeSet<PathBuf>,
+    /// SHA-256 of each stage file's bytes as last seen: a write of the same bytes (a
+    /// `touch`, a redeploy of the same build) is not a new version.
+    digests: BTreeMap<PathBuf, String>,
 }
 
 /// Absolute, with the directory canonicalised (the file itself may not exist).
@@ -113,6 +117,7 @@ pub fn start(
         log,
         watcher: watcher.clone(),
         dirs: BTreeSet::new(),
+        digests: BTreeMap::new(),
     };
     coordinator.watch_dirs()?;
     tracing::debug!(
@@ -160,6 +165,12 @@ impl Coordinator {
     }
 
     fn run(mut self, events: Receiver<PathBuf>) {
+        // Here rather than in `start`: hashing every plugin would delay the first record.
+        for s in &self.stages {
+            if let Ok(d) = plugin::file_sha256(&s.path) {
+                self.digests.insert(s.path.clone(), d);
+            }
+        }
         let debounce = self.plan.debounce;
         let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
         loop {
@@ -210,6 +221,17 @@ impl Coordinator {
 
     /// A plugin file changed: swap every stage that runs it.
     fn reload_plugin(&mut self, path: &Path) {
+        let digest = plugin::file_sha256(path).ok();
+        if digest.is_some() && self.digests.get(path) == digest.as_ref() {
+            tracing::debug!(
+                "{}: same bytes as before, nothing to reload",
+                path.display()
+            );
+            return;
+        }
+        if let Some(d) = digest {
+            self.digests.insert(path.to_path_buf(), d);
+        }
         let idx: Vec<usize> = (0..self.stages.len())
             .filter(|&i| self.stages[i].path == path)
             .collect();

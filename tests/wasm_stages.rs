@@ -336,6 +336,10 @@ fn a_stateful_wasm_stage_is_hot_swapped_in_a_live_stream_with_its_state() {
     live.write("id,x\n");
     live.write(&records(0, 20_000));
 
+    // The same bytes again: not a new version, nothing happens (the next swap reported
+    // below is v1 -> v2, and the run counts one swap).
+    std::fs::copy(&g.tagger_v1, &dest).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
     // A module that does not compile, then one that lacks an export: refused, v1 runs on.
     std::fs::write(&dest, b"\0asm\x01\0\0\0 not really").unwrap();
     let line = live.expect_line("reload of stage `tagger` refused", 60);
@@ -361,6 +365,14 @@ fn a_stateful_wasm_stage_is_hot_swapped_in_a_live_stream_with_its_state() {
     let (code, out, err) = live.finish();
     assert_eq!(code, 0, "{err}");
     let tags = check_counted(&out, 60_000);
+    let stats = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') && l.contains("\"written\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .expect("--stats=json");
+    assert_eq!(stats["stages"][0]["swaps"], 1, "{stats}");
+    assert_eq!(stats["stages"][0]["swaps_refused"], 2, "{stats}");
     // Every record went through one version, v1 then v2, switching once.
     let switches = tags.windows(2).filter(|w| w[0] != w[1]).count();
     assert_eq!(switches, 1, "{err}");
