@@ -171,6 +171,8 @@ fn an_infinite_loop_costs_its_batch_within_the_timeout_and_a_fresh_instance_goes
 /// (`wait4`'s rusage of that one child).
 fn run_measuring_rss(sb: &Sandbox, input: &str) -> (i32, i64) {
     sb.write("in.csv", input);
+    // Reaped by `wait4` below, which std's `wait` cannot replace: it gives no rusage.
+    #[allow(clippy::zombie_processes)]
     let child = sb
         .command(&["run", "in.csv", "--no-watch"])
         .stdin(Stdio::null())
