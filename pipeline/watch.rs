@@ -16,7 +16,8 @@
 //! (default 300 ms, `settings.debounce_ms`): long enough for `cp` or a linker to finish
 //! writing, short enough to feel immediate. A file that still fails to load (say, it was
 //! half-written) is reported and the old version keeps running; the next change retries.
-//! A file rewritten with the same bytes is not a new version: nothing is reloaded.
+//! A WASM module rewritten with the same bytes is not a new version: nothing is reloaded
+//! (its load is a compile).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ struct Coordinator {
     watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
     /// Directories watched so far.
     dirs: BTreeSet<PathBuf>,
-    /// SHA-256 of each stage file's bytes as last seen: a write of the same bytes (a
+    /// SHA-256 of each WASM stage file's bytes as last seen: a write of the same bytes (a
     /// `touch`, a redeploy of the same build) is not a new version.
     digests: BTreeMap<PathBuf, String>,
 }
@@ -165,8 +166,12 @@ impl Coordinator {
     }
 
     fn run(mut self, events: Receiver<PathBuf>) {
-        // Here rather than in `start`: hashing every plugin would delay the first record.
-        for s in &self.stages {
+        // Here rather than in `start`: hashing would delay the first record.
+        for s in self
+            .stages
+            .iter()
+            .filter(|s| plugin::wasm::is_wasm(&s.path))
+        {
             if let Ok(d) = plugin::file_sha256(&s.path) {
                 self.digests.insert(s.path.clone(), d);
             }
@@ -221,7 +226,12 @@ impl Coordinator {
 
     /// A plugin file changed: swap every stage that runs it.
     fn reload_plugin(&mut self, path: &Path) {
-        let digest = plugin::file_sha256(path).ok();
+        // Only for WASM modules, whose load is a compile (100+ ms): a library or a
+        // program loads in about a millisecond, and a reload of the same bytes is how a
+        // user (and hot_swap.rs) re-runs `new` and the state handover on the same code.
+        let digest = plugin::wasm::is_wasm(path)
+            .then(|| plugin::file_sha256(path).ok())
+            .flatten();
         if digest.is_some() && self.digests.get(path) == digest.as_ref() {
             tracing::debug!(
                 "{}: same bytes as before, nothing to reload",
