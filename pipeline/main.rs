@@ -12,6 +12,10 @@ use pipe::commands;
 use pipe::engine::{self, Outcome, RunOptions};
 
 fn main() -> ExitCode {
+    // `pipe __probe ...`: the hidden mode that loads a plugin before the host does.
+    if let Some(code) = pipe::plugin::probe_main() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     pipe::logging::init(cli.verbose, cli.quiet);
     let code = match cli.command {

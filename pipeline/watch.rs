@@ -16,8 +16,6 @@
 //! (default 300 ms, `settings.debounce_ms`): long enough for `cp` or a linker to finish
 //! writing, short enough to feel immediate. A file that still fails to load (say, it was
 //! half-written) is reported and the old version keeps running; the next change retries.
-//! A WASM module rewritten with the same bytes is not a new version: nothing is reloaded
-//! (its load is a compile).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -57,9 +55,6 @@ struct Coordinator {
     watcher: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
     /// Directories watched so far.
     dirs: BTreeSet<PathBuf>,
-    /// SHA-256 of each WASM stage file's bytes as last seen: a write of the same bytes (a
-    /// `touch`, a redeploy of the same build) is not a new version.
-    digests: BTreeMap<PathBuf, String>,
 }
 
 /// Absolute, with the directory canonicalised (the file itself may not exist).
@@ -118,7 +113,6 @@ pub fn start(
         log,
         watcher: watcher.clone(),
         dirs: BTreeSet::new(),
-        digests: BTreeMap::new(),
     };
     coordinator.watch_dirs()?;
     tracing::debug!(
@@ -166,16 +160,6 @@ impl Coordinator {
     }
 
     fn run(mut self, events: Receiver<PathBuf>) {
-        // Here rather than in `start`: hashing would delay the first record.
-        for s in self
-            .stages
-            .iter()
-            .filter(|s| plugin::wasm::is_wasm(&s.path))
-        {
-            if let Ok(d) = plugin::file_sha256(&s.path) {
-                self.digests.insert(s.path.clone(), d);
-            }
-        }
         let debounce = self.plan.debounce;
         let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
         loop {
@@ -226,22 +210,6 @@ impl Coordinator {
 
     /// A plugin file changed: swap every stage that runs it.
     fn reload_plugin(&mut self, path: &Path) {
-        // Only for WASM modules, whose load is a compile (100+ ms): a library or a
-        // program loads in about a millisecond, and a reload of the same bytes is how a
-        // user (and hot_swap.rs) re-runs `new` and the state handover on the same code.
-        let digest = plugin::wasm::is_wasm(path)
-            .then(|| plugin::file_sha256(path).ok())
-            .flatten();
-        if digest.is_some() && self.digests.get(path) == digest.as_ref() {
-            tracing::debug!(
-                "{}: same bytes as before, nothing to reload",
-                path.display()
-            );
-            return;
-        }
-        if let Some(d) = digest {
-            self.digests.insert(path.to_path_buf(), d);
-        }
         let idx: Vec<usize> = (0..self.stages.len())
             .filter(|&i| self.stages[i].path == path)
             .collect();
@@ -268,6 +236,11 @@ impl Coordinator {
         let plugin = match plugin {
             Some(p) => p,
             None => match plugin::load(&spec) {
+                // The same bytes and config are not a new version (issue 11).
+                Ok(p) if p.same_version(&live.plugin) && spec == live.spec => {
+                    tracing::debug!("stage `{name}`: {} is unchanged", p.path.display());
+                    return;
+                }
                 Ok(p) => Arc::new(p),
                 Err(e) => return refuse(e.to_string()),
             },

@@ -30,6 +30,7 @@ use pipe_sdk::abi::{ErrorKind, StageBox, StageError};
 
 use crate::config::{StageKind, StageSpec};
 
+pub use library::probe::main as probe_main;
 pub use library::{cleanup, libraries_mapped};
 pub use trust::file_sha256;
 
@@ -80,6 +81,9 @@ pub struct Plugin {
     pub manifest: Manifest,
     /// SHA-256 of the loaded bytes, hex, when the stage pins one (checked equal).
     pub sha256: Option<String>,
+    /// SHA-256 of the loaded bytes, hex, pinned or not, when the backend read them: the
+    /// identity of this version ([`Plugin::same_version`]).
+    digest: Option<String>,
     backend: Arc<dyn Backend>,
 }
 
@@ -117,12 +121,28 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The path names something other than a regular file.
+    #[error("{path}: refusing to load: it is {what}, not a plugin file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is: "a directory", "a FIFO (named pipe)".
+        what: &'static str,
+    },
     /// A process stage's program could not be found or started.
     #[error("{path}: {message}")]
     Program {
         /// The program.
         path: PathBuf,
         /// What failed, and what to do.
+        message: String,
+    },
+    /// The probe process saw the library misbehave (crash, exit, hang, stray I/O).
+    #[error("{path}: refusing to load: {message}")]
+    Probe {
+        /// The file.
+        path: PathBuf,
+        /// What the library did, and when.
         message: String,
     },
     /// The file or its directory is writable by others, or owned by someone else.
@@ -186,13 +206,16 @@ pub fn file_names(plugin: &str) -> Vec<String> {
 /// Finds plugin `plugin` in `search` (each a directory, or the file itself).
 pub fn find(plugin: &str, search: &[PathBuf]) -> Result<PathBuf, LoadError> {
     let names = file_names(plugin);
+    // Anything by that name is the plugin, not only a regular file: a directory or a
+    // FIFO there is reported as what it is by the checks, not as "not found".
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     for place in search {
-        if place.is_file() {
+        if exists(place) && !place.is_dir() {
             return Ok(place.clone());
         }
         for n in &names {
             let p = place.join(n);
-            if p.is_file() {
+            if exists(&p) {
                 return Ok(p);
             }
         }
@@ -221,7 +244,7 @@ pub fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
             if wasm::is_wasm(&path) {
                 wasm::load(plugin, &path, spec)
             } else {
-                library::load(plugin, &path, spec.sha256.as_deref())
+                library::load(plugin, &path, spec.sha256.as_deref(), &spec.config_json)
             }
         }
         StageKind::Command { .. } => process::load(spec),
@@ -258,8 +281,22 @@ impl Plugin {
             path,
             manifest,
             sha256,
+            digest: None,
             backend,
         }
+    }
+
+    /// The same plugin, known by the digest of its bytes.
+    pub(crate) fn with_digest(mut self, digest: String) -> Plugin {
+        self.digest = Some(digest);
+        self
+    }
+
+    /// Whether `other` was loaded from the same bytes as this plugin: then it is not a
+    /// new version, and a reload of it (a file rewritten with what it held, a `touch`)
+    /// changes nothing. False when either has no digest (a program found on `PATH`).
+    pub fn same_version(&self, other: &Plugin) -> bool {
+        self.digest.is_some() && self.digest == other.digest
     }
 
     /// Creates one instance with `config_json`. `Err` when the stage refuses its config

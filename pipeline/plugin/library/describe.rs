@@ -8,7 +8,7 @@ use abi_stable::library::{LibraryError, RootModule};
 use pipe_sdk::abi::StageMod_Ref;
 
 /// abi_stable's error `e` from opening the private copy at `copy`, in a user's words.
-pub(super) fn describe(e: LibraryError, copy: &Path) -> String {
+pub(crate) fn describe(e: LibraryError, copy: &Path) -> String {
     match e {
         LibraryError::OpenError { err, .. } => {
             let text = err.to_string();

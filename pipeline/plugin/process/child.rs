@@ -10,6 +10,9 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::protocol::{read_frames, read_line, trim_eol, Frame, Message};
 use super::{ProcessSpec, CLOSE_GRACE, EXIT_GRACE, PROTOCOL_VERSION};
+
+/// How often a request that waits for a reply checks that the child is still there.
+const EXIT_POLL: Duration = Duration::from_millis(50);
 use crate::plugin::Manifest;
 
 /// How a request to a child went wrong.
@@ -45,6 +48,11 @@ impl Child {
     ) -> Result<(Child, Manifest), StartError> {
         let config: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| StartError::Refused(format!("config is not JSON: {e}")))?;
+        // Checked at every start, restarts included: a pinned script changed since the
+        // load must not run (loading_safety.rs:
+        // a_pinned_script_changed_after_load_is_refused_at_restart).
+        spec.check_program()
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
         let mut child = Child::spawn(spec)?;
         let hello = serde_json::json!({
             "pipe": PROTOCOL_VERSION,
@@ -203,18 +211,46 @@ impl Child {
         if let Some(input) = &self.input {
             let _ = input.send(bytes);
         }
-        let frame = match timeout {
-            Some(t) => self.frames.recv_timeout(t).map_err(|e| match e {
-                RecvTimeoutError::Timeout => Trouble::Timeout(t),
-                RecvTimeoutError::Disconnected => Trouble::Closed,
-            })?,
-            None => self.frames.recv().map_err(|_| Trouble::Closed)?,
+        // Waited for in slices, to see a child that exited while something else (a
+        // grandchild it started) still holds its stdout: no end of file comes then, and
+        // without a `timeout_ms` the worker would wait forever. Its process group is
+        // killed after CLOSE_GRACE, which closes the pipe (process_stages.rs:
+        // a_grandchild_holding_stdout_does_not_stall_the_stage).
+        let started = Instant::now();
+        let mut exited: Option<Instant> = None;
+        let frame = loop {
+            let mut wait = EXIT_POLL;
+            if let Some(t) = timeout {
+                wait = wait.min(t.saturating_sub(started.elapsed()));
+            }
+            match self.frames.recv_timeout(wait) {
+                Ok(frame) => break frame,
+                Err(RecvTimeoutError::Disconnected) => return Err(Trouble::Closed),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(t) = timeout.filter(|t| started.elapsed() >= *t) {
+                return Err(Trouble::Timeout(t));
+            }
+            if exited.is_none() && self.has_exited() {
+                exited = Some(Instant::now());
+            }
+            if exited.is_some_and(|at| at.elapsed() >= CLOSE_GRACE) {
+                kill_group(self.pid);
+                return Err(Trouble::Closed);
+            }
         };
         match frame {
             Frame::Message(m) => Ok(*m),
             Frame::Garbage(g) => Err(Trouble::Garbage(g)),
             Frame::Closed => Err(Trouble::Closed),
         }
+    }
+
+    /// Whether the child itself has exited (its status is kept for [`Child::reap`]).
+    fn has_exited(&mut self) -> bool {
+        self.os
+            .as_mut()
+            .is_none_or(|os| matches!(os.try_wait(), Ok(Some(_))))
     }
 
     /// Closes the child's stdin, waits up to `grace` for it to exit, kills it (and its
@@ -254,7 +290,11 @@ pub(super) fn reap(os: &mut std::process::Child, grace: Duration) -> String {
     let deadline = Instant::now() + grace;
     loop {
         match os.try_wait() {
-            Ok(Some(status)) => return describe(status),
+            Ok(Some(status)) => {
+                // What it started goes with it, on every path (issue 12).
+                kill_group(os.id());
+                return describe(status);
+            }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => break,
         }
@@ -273,8 +313,10 @@ pub(super) fn reap(os: &mut std::process::Child, grace: Duration) -> String {
 
 pub(super) fn kill_group(pid: u32) {
     #[cfg(unix)]
-    // SAFETY: plain syscall; the group is the child's own (setpgid in pre_exec) and the
-    // child is not reaped yet, so its id cannot have been reused.
+    // SAFETY: plain syscall. The group is the child's own (setpgid in pre_exec). Once
+    // the child is reaped its id is free again, but not while its group has members
+    // (the kernel does not hand out the id of a live process group), so this reaches
+    // the child's leftovers or no one.
     unsafe {
         libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
     }

@@ -63,7 +63,7 @@ mod protocol;
 mod stage;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pipe_sdk::abi::{ErrorKind, StageBox, StageError};
@@ -99,6 +99,39 @@ pub struct ProcessSpec {
     pub timeout: Option<Duration>,
     /// Set once a worker's child failed [`MAX_CONSECUTIVE_FAILURES`] times in a row.
     pub(super) gave_up: OnceLock<String>,
+    /// The program file checked before every start, if any.
+    program: Option<ProgramCheck>,
+}
+
+/// A process stage's program file, checked before each child starts.
+#[derive(Debug)]
+struct ProgramCheck {
+    path: PathBuf,
+    /// Named in the command (not found on `PATH`): its ownership and mode are checked,
+    /// as for a library.
+    named: bool,
+    /// The stage's pin.
+    sha256: Option<String>,
+}
+
+impl ProgramCheck {
+    /// Checks the file as it is now; returns the digest of its bytes (when it read
+    /// them: a program found on `PATH` and not pinned is not read).
+    fn verify(&self) -> Result<Option<String>, LoadError> {
+        let bytes = if self.named {
+            trust::open_verified(&self.path)?.bytes
+        } else if self.sha256.is_some() {
+            std::fs::read(&self.path).map_err(|source| LoadError::Io {
+                path: self.path.clone(),
+                source,
+            })?
+        } else {
+            return Ok(None);
+        };
+        let digest = trust::sha256_hex(&bytes);
+        trust::check_pin(&self.path, &digest, self.sha256.as_deref())?;
+        Ok(Some(digest))
+    }
 }
 
 impl ProcessSpec {
@@ -109,7 +142,15 @@ impl ProcessSpec {
             stage: stage.to_string(),
             timeout,
             gave_up: OnceLock::new(),
+            program: None,
         }
+    }
+
+    /// Checks the program file (trust, pin) as it is now, before a child starts.
+    pub(super) fn check_program(&self) -> Result<(), LoadError> {
+        self.program
+            .as_ref()
+            .map_or(Ok(()), |p| p.verify().map(drop))
     }
 
     /// Why the stage gave up, once its children failed too often in a row: the runtime
@@ -160,23 +201,20 @@ pub(crate) fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
         message: "no such program: not a file, and not found on PATH; fix `command`".into(),
     })?;
     // The same checks as a plugin library for a file the command names; a program found
-    // on PATH is the user's own choice, as in their shell.
-    if argv.iter().any(|a| Path::new(a) == path) {
-        trust::check_trust(&path)?;
-    }
-    let sha256 = match &spec.sha256 {
-        Some(expected) => {
-            let bytes = std::fs::read(&path).map_err(|source| LoadError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            trust::check_pin(&path, &bytes, Some(expected))?
-        }
-        None => None,
+    // on PATH is the user's own choice, as in their shell (but a pin is a pin).
+    let check = ProgramCheck {
+        named: argv.iter().any(|a| Path::new(a) == path),
+        path: path.clone(),
+        sha256: spec.sha256.clone(),
     };
-    let process = Arc::new(ProcessSpec::new(&spec.name, argv.clone(), spec.timeout));
-    // The handshake child only tells us who it is; instances start their own.
-    let (probe, hello) = Child::start(&process, &spec.config_json).map_err(|e| match e {
+    let digest = check.verify()?;
+    let sha256 = spec.sha256.as_ref().and(digest.clone());
+    let mut process = ProcessSpec::new(&spec.name, argv.clone(), spec.timeout);
+    process.program = Some(check);
+    let process = Arc::new(process);
+    // The handshake child tells us who it is, then serves as the first instance with
+    // the same config: `workers = 2` starts two children, not three (issue 13).
+    let (first, hello) = Child::start(&process, &spec.config_json).map_err(|e| match e {
         StartError::Refused(message) => LoadError::Instance {
             path: path.clone(),
             plugin: spec.name.clone(),
@@ -191,23 +229,41 @@ pub(crate) fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
             message,
         },
     })?;
-    drop(probe);
-    Ok(Plugin::new(
+    let plugin = Plugin::new(
         path,
         hello,
         sha256,
-        Arc::new(Processes { spec: process }),
-    ))
+        Arc::new(Processes {
+            spec: process,
+            first: Mutex::new(Some((first, spec.config_json.clone()))),
+        }),
+    );
+    Ok(match digest {
+        Some(d) => plugin.with_digest(d),
+        None => plugin,
+    })
 }
 
 /// The backend of a process stage: each instance is a child of `spec`.
 struct Processes {
     spec: Arc<ProcessSpec>,
+    /// The child started at load for the handshake, with its config, until an instance
+    /// with that config takes it.
+    first: Mutex<Option<(Child, String)>>,
 }
 
 impl Backend for Processes {
     fn instantiate(&self, config_json: &str) -> Result<StageBox, StageError> {
-        stage::spawn(&self.spec, config_json)
+        let first = match self.first.lock() {
+            Ok(mut first) => first.take(),
+            Err(_) => None,
+        };
+        match first {
+            Some((child, config)) if config == config_json => {
+                Ok(stage::instance(&self.spec, config_json, child))
+            }
+            _ => stage::spawn(&self.spec, config_json),
+        }
     }
 
     /// A process stage enforces `timeout_ms` itself (it kills the hung child and applies

@@ -30,6 +30,11 @@ pub fn spawn(spec: &Arc<ProcessSpec>, config_json: &str) -> Result<StageBox, Sta
         },
         StartError::Spawn(m) | StartError::Handshake(m) => failed(m),
     })?;
+    Ok(instance(spec, config_json, child))
+}
+
+/// An instance of a process stage around a started, handshaken child.
+pub(super) fn instance(spec: &Arc<ProcessSpec>, config_json: &str, child: Child) -> StageBox {
     let stage = ProcessStage {
         spec: spec.clone(),
         config_json: config_json.to_string(),
@@ -37,10 +42,7 @@ pub fn spawn(spec: &Arc<ProcessSpec>, config_json: &str) -> Result<StageBox, Sta
         failures: 0,
         batches: 0,
     };
-    Ok(StageObject_TO::from_value(
-        stage,
-        abi_stable::sabi_trait::TD_Opaque,
-    ))
+    StageObject_TO::from_value(stage, abi_stable::sabi_trait::TD_Opaque)
 }
 
 /// One instance of a process stage: a child, restarted after failures.

@@ -15,7 +15,9 @@
 //! The codec of the ABI is the SDK's (`pipe_sdk::wasm_abi`), so host and guest share it.
 //!
 //! A hot swap needs nothing special: the reload coordinator calls [`super::load`] on the
-//! changed file, which compiles it and makes the new instances beside the running ones;
+//! changed file, which compiles it (unless bytes with its digest were compiled lately:
+//! the same bytes again are no new version) and makes the new instances beside the
+//! running ones;
 //! a module that does not compile, lacks an export or refuses its config fails there, and
 //! the old version runs on. The runtime hands state over at the marker as for any stage.
 
@@ -23,7 +25,7 @@ mod sandbox;
 mod stage;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pipe_sdk::abi::{StageBox, StageError, StageObject_TO};
@@ -101,24 +103,28 @@ struct WasmManifest {
 /// import and export checks, then a probe instance (under the stage's limits) for the
 /// manifest.
 pub(crate) fn load(plugin: &str, path: &Path, spec: &StageSpec) -> Result<Plugin, LoadError> {
-    trust::check_trust(path)?;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let digest = trust::check_pin(path, &bytes, spec.sha256.as_deref())?;
+    let bytes = trust::open_verified(path)?.bytes;
+    let digest = trust::sha256_hex(&bytes);
+    let pinned = trust::check_pin(path, &digest, spec.sha256.as_deref())?;
     let bad = |message: String| LoadError::Library {
         path: path.to_path_buf(),
         message,
     };
     let engine = sandbox::engine().map_err(&bad)?;
-    let module = Module::new(engine, &bytes).map_err(|e| {
-        bad(format!(
-            "not a WASM module pipe can run: {}; rebuild it with `cargo build --target \
-             wasm32-unknown-unknown --release`",
-            e.root_cause()
-        ))
-    })?;
+    let module = match compiled_before(&digest) {
+        Some(module) => module,
+        None => {
+            let module = Module::new(engine, &bytes).map_err(|e| {
+                bad(format!(
+                    "not a WASM module pipe can run: {}; rebuild it with `cargo build \
+                     --target wasm32-unknown-unknown --release`",
+                    e.root_cause()
+                ))
+            })?;
+            remember(&digest, &module);
+            module
+        }
+    };
     check_shape(&module).map_err(&bad)?;
     let pre = sandbox::linker(engine)
         .and_then(|l| l.instantiate_pre(&module).map_err(|e| e.to_string()))
@@ -154,9 +160,34 @@ pub(crate) fn load(plugin: &str, path: &Path, spec: &StageSpec) -> Result<Plugin
     Ok(Plugin::new(
         path.to_path_buf(),
         manifest,
-        digest,
+        pinned,
         Arc::new(Wasm(compiled)),
-    ))
+    )
+    .with_digest(digest))
+}
+
+/// How many compiled modules are kept by digest. A compile is most of a WASM load
+/// (100–200 ms for `compute.wasm`), and a file rewritten with the same bytes, or a swap
+/// back to the previous version, needs none; a few modules' code is a few MB at most.
+const COMPILED_KEPT: usize = 4;
+
+static COMPILED: Mutex<Vec<(String, Module)>> = Mutex::new(Vec::new());
+
+/// The module compiled before from bytes with this digest, if still kept.
+fn compiled_before(digest: &str) -> Option<Module> {
+    let kept = COMPILED.lock().ok()?;
+    kept.iter()
+        .find(|(d, _)| d == digest)
+        .map(|(_, m)| m.clone())
+}
+
+/// Keeps `module` for its digest, forgetting the oldest beyond [`COMPILED_KEPT`].
+fn remember(digest: &str, module: &Module) {
+    if let Ok(mut kept) = COMPILED.lock() {
+        kept.push((digest.to_string(), module.clone()));
+        let extra = kept.len().saturating_sub(COMPILED_KEPT);
+        kept.drain(..extra);
+    }
 }
 
 /// Checks the module imports only what the host provides and exports the whole ABI,
