@@ -98,7 +98,7 @@ fn a_missing_plugin_lists_every_place_looked_in() {
     assert_eq!(
         refused(&sb),
         format!(
-            "stage `first`: plugin `nope` not found; looked for libnope.so or nope.so in: \
+            "stage `first`: plugin `nope` not found; looked for libnope.so or nope.so or nope.wasm in: \
              ./mine, ./lib/plugins, {}; build it, or point the stage's `path` or \
              settings.plugin_dir at its directory",
             exe_dir().display()
@@ -494,7 +494,7 @@ fn unknown_keys_are_errors_with_line_and_column() {
              wokers = 2\n"
         ),
         "pipelines.toml: line 5, column 1: unknown field `wokers`, expected one of \
-         `plugin`, `command`, `name`, `path`, `workers`, `on_error`, `timeout_ms`, `sha256`, \
+         `plugin`, `command`, `name`, `path`, `workers`, `on_error`, `timeout_ms`, `memory_mb`, `sha256`, \
          `config`"
     );
     assert_eq!(

@@ -98,6 +98,9 @@ pub struct NewArgs {
     /// The workspace root.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub root: PathBuf,
+    /// For a WASM stage: the same crate, documented to build as `NAME.wasm`.
+    #[arg(long)]
+    pub wasm: bool,
 }
 
 /// `pipe bench`.

@@ -224,7 +224,21 @@ pub fn generate(args: GenerateArgs) -> Exit {
 
 /// `pipe new`.
 pub fn new_stage(args: NewArgs) -> Exit {
-    match tools::scaffold::new_stage(&args.root, &args.name) {
+    match tools::scaffold::new_stage(&args.root, &args.name, args.wasm) {
+        Ok(dir) if args.wasm => {
+            println!(
+                "created {} (package stage-{}), registered in the workspace.\n\
+                 next: cargo build --target wasm32-unknown-unknown --release -p stage-{}\n\
+                 then: path = \"target/wasm32-unknown-unknown/release/{}.wasm\" in its stage table\n\
+                 test it: cargo test -p stage-{}",
+                dir.display(),
+                args.name,
+                args.name,
+                args.name,
+                args.name
+            );
+            Exit::Ok
+        }
         Ok(dir) => {
             println!(
                 "created {} (package stage-{}), registered in the workspace.\n\

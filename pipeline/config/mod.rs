@@ -83,8 +83,10 @@ pub struct StageConfig {
     pub workers: Option<usize>,
     /// What to do with a row the stage rejects or fails on (default fail).
     pub on_error: Option<Policy>,
-    /// Longest time one batch may take, in ms (default: no limit).
+    /// Longest time one batch may take, in ms (default: no limit; 10 s for a WASM stage).
     pub timeout_ms: Option<u64>,
+    /// A WASM stage's memory cap per instance, in MiB (default 128; other kinds ignore it).
+    pub memory_mb: Option<u64>,
     /// Expected SHA-256 of the plugin file, hex; checked at every load.
     pub sha256: Option<String>,
     /// The stage's own config, handed to it as JSON.
@@ -284,6 +286,12 @@ impl PipelinesConfig {
             if st.timeout_ms == Some(0) {
                 return Err(at("timeout_ms must be at least 1".into()));
             }
+            // A wasm32 memory holds at most 4 GiB.
+            if let Some(mb) = st.memory_mb.filter(|mb| !(1..=4096).contains(mb)) {
+                return Err(at(format!(
+                    "memory_mb must be between 1 and 4096, not {mb}"
+                )));
+            }
             let sha256 = match &st.sha256 {
                 Some(h) => {
                     let h = h.trim().to_ascii_lowercase();
@@ -302,6 +310,7 @@ impl PipelinesConfig {
                 workers,
                 on_error: st.on_error.unwrap_or_default(),
                 timeout: st.timeout_ms.map(Duration::from_millis),
+                memory_mb: st.memory_mb,
                 sha256,
                 config_json,
             });

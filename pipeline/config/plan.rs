@@ -62,6 +62,8 @@ pub struct StageSpec {
     pub on_error: Policy,
     /// Per-batch time limit.
     pub timeout: Option<Duration>,
+    /// A WASM stage's memory cap per instance, in MiB.
+    pub memory_mb: Option<u64>,
     /// Pinned SHA-256 (lower-case hex).
     pub sha256: Option<String>,
     /// The stage's config as JSON text.

@@ -7,7 +7,8 @@
 //! - `trust`: the ownership, mode and `sha256` pin checks, once for every backend;
 //! - `library`: native `cdylib` plugins through abi_stable (structure check, probe
 //!   process, in-memory copy, mapping);
-//! - `process`: process stages, children speaking JSON lines.
+//! - `process`: process stages, children speaking JSON lines;
+//! - `wasm`: WASM modules run by wasmtime in a sandbox, speaking the SDK's batch ABI.
 //!
 //! The runtime only sees [`Plugin`]: it asks it for instances ([`Plugin::instantiate`]),
 //! for the watchdog limit ([`Plugin::watchdog_timeout`]) and whether the backend gave up
@@ -18,6 +19,7 @@
 pub mod library;
 pub mod process;
 mod trust;
+pub mod wasm;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -189,13 +191,15 @@ pub enum LoadError {
     },
 }
 
-/// The file names a plugin may have on this platform: `libNAME.so`, then `NAME.so`.
+/// The file names a plugin may have on this platform: `libNAME.so`, then `NAME.so`, then
+/// the WASM module `NAME.wasm`.
 pub fn file_names(plugin: &str) -> Vec<String> {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     let mut v = vec![format!("{DLL_PREFIX}{plugin}{DLL_SUFFIX}")];
     if !DLL_PREFIX.is_empty() {
         v.push(format!("{plugin}{DLL_SUFFIX}"));
     }
+    v.push(format!("{plugin}.wasm"));
     v
 }
 
@@ -237,7 +241,11 @@ pub fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
     match &spec.kind {
         StageKind::Plugin { plugin, search } => {
             let path = find(plugin, search)?;
-            library::load(plugin, &path, spec.sha256.as_deref(), &spec.config_json)
+            if wasm::is_wasm(&path) {
+                wasm::load(plugin, &path, spec)
+            } else {
+                library::load(plugin, &path, spec.sha256.as_deref(), &spec.config_json)
+            }
         }
         StageKind::Command { .. } => process::load(spec),
     }
@@ -255,6 +263,7 @@ pub fn file_spec(plugin: &str, path: &Path) -> StageSpec {
         workers: 1,
         on_error: Default::default(),
         timeout: None,
+        memory_mb: None,
         sha256: None,
         config_json: "{}".into(),
     }

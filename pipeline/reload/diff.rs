@@ -41,8 +41,8 @@ pub enum Change {
 pub struct StageChange {
     /// Its index in the chain.
     pub index: usize,
-    /// The plugin must be loaded anew (a changed pin, or a process stage, whose config
-    /// a new child checks in its handshake); otherwise the loaded one makes the new
+    /// The plugin must be loaded anew (a changed pin or limit, or a process stage, whose
+    /// config a new child checks in its handshake); otherwise the loaded one makes the new
     /// instances.
     pub reload: bool,
     /// What changed, for the report: stage keys (`on_error`, `timeout_ms`, `sha256`)
@@ -80,7 +80,10 @@ pub fn diff(old: &PipelinePlan, new: &PipelinePlan) -> PlanDiff {
             .filter(|(_, (a, b))| a != b)
             .map(|(index, (a, b))| StageChange {
                 index,
-                reload: a.sha256 != b.sha256 || !matches!(b.kind, StageKind::Plugin { .. }),
+                // A WASM stage's limits are compiled into its loaded module.
+                reload: a.sha256 != b.sha256
+                    || (a.timeout, a.memory_mb) != (b.timeout, b.memory_mb)
+                    || !matches!(b.kind, StageKind::Plugin { .. }),
                 keys: changed_keys(a, b),
             })
             .collect();
@@ -124,6 +127,9 @@ pub fn changed_keys(a: &StageSpec, b: &StageSpec) -> Vec<String> {
     }
     if a.timeout != b.timeout {
         keys.push("timeout_ms".to_string());
+    }
+    if a.memory_mb != b.memory_mb {
+        keys.push("memory_mb".to_string());
     }
     if a.sha256 != b.sha256 {
         keys.push("sha256".to_string());

@@ -82,6 +82,7 @@ fn spec(name: &str, label: &str) -> StageSpec {
         workers: 1,
         on_error: Policy::Fail,
         timeout: None,
+        memory_mb: None,
         sha256: None,
         config_json: serde_json::json!({ "label": label }).to_string(),
     }

@@ -4,6 +4,9 @@
 //! The template is the README's "writing a stage" example (a stage that upper-cases the
 //! fields it is given) with its in-process test, so a new stage starts from code that
 //! works and shows every part of the SDK a stage needs.
+//!
+//! `--wasm` makes the same crate (the same code builds as a `.so` and as a `.wasm`); only
+//! its docs point at the WASM build and at the `.wasm` file in `pipelines.toml`.
 
 use std::path::{Path, PathBuf};
 
@@ -66,7 +69,7 @@ serde_json.workspace = true
     )
 }
 
-fn source(name: &str) -> String {
+fn source(name: &str, wasm: bool) -> String {
     let ty: String = name
         .split('_')
         .filter(|p| !p.is_empty())
@@ -77,15 +80,33 @@ fn source(name: &str) -> String {
                 .unwrap_or_default()
         })
         .collect();
+    let usage = if wasm {
+        format!(
+            "//! Built as a WASM stage, sandboxed (README, \"WASM stages\"):\n\
+             //! `cargo build --target wasm32-unknown-unknown --release -p stage-{name}`.\n\
+             //!\n\
+             //! ```toml\n\
+             //! [[pipelines.default.stages]]\n\
+             //! plugin = \"{name}\"\n\
+             //! path = \"target/wasm32-unknown-unknown/release/{name}.wasm\"\n\
+             //! memory_mb = 64\n\
+             //! timeout_ms = 1000\n\
+             //! config = {{ fields = [\"country\"] }}\n\
+             //! ```\n"
+        )
+    } else {
+        format!(
+            "//! ```toml\n\
+             //! [[pipelines.default.stages]]\n\
+             //! plugin = \"{name}\"\n\
+             //! config = {{ fields = [\"country\"] }}\n\
+             //! ```\n"
+        )
+    };
     format!(
         r#"//! `{name}`: upper-cases the fields named in its config.
 //!
-//! ```toml
-//! [[pipelines.default.stages]]
-//! plugin = "{name}"
-//! config = {{ fields = ["country"] }}
-//! ```
-use pipe_sdk::prelude::*;
+{usage}use pipe_sdk::prelude::*;
 
 /// The stage's config: the `config` table of the stage in `pipelines.toml`.
 #[derive(Deserialize)]
@@ -168,9 +189,9 @@ fn add_to_list(text: &mut String, key: &str, entry: &str) -> bool {
     true
 }
 
-/// Creates `stages/NAME` under `root` and registers it in `root/Cargo.toml`. Returns the
-/// new directory.
-pub fn new_stage(root: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
+/// Creates `stages/NAME` under `root` and registers it in `root/Cargo.toml`; `wasm` points
+/// its docs at the WASM build. Returns the new directory.
+pub fn new_stage(root: &Path, name: &str, wasm: bool) -> Result<PathBuf, ScaffoldError> {
     if !valid(name) {
         return Err(ScaffoldError::BadName(name.to_string()));
     }
@@ -196,7 +217,8 @@ pub fn new_stage(root: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
     add_to_list(&mut text, "default-members", &entry);
     std::fs::create_dir_all(dir.join("src")).map_err(io(&dir))?;
     std::fs::write(dir.join("Cargo.toml"), manifest(name)).map_err(io(&dir.join("Cargo.toml")))?;
-    std::fs::write(dir.join("src/lib.rs"), source(name)).map_err(io(&dir.join("src/lib.rs")))?;
+    std::fs::write(dir.join("src/lib.rs"), source(name, wasm))
+        .map_err(io(&dir.join("src/lib.rs")))?;
     std::fs::write(&cargo, text).map_err(io(&cargo))?;
     Ok(dir)
 }

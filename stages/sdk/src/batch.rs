@@ -17,14 +17,17 @@
 
 use std::fmt;
 
-use abi_stable::{
-    std_types::{RString, RVec},
-    StableAbi,
-};
+#[cfg(not(target_arch = "wasm32"))]
+use abi_stable::StableAbi;
+
+#[cfg(target_arch = "wasm32")]
+use crate::std_types::CopySlice;
+use crate::std_types::{RString, RVec};
 
 /// The type of a cell.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// The record has no such field (a JSON line without the key). Not written to JSON
     /// lines; an empty cell in CSV.
@@ -45,7 +48,8 @@ pub enum Kind {
 
 /// One cell: where its text is in the arena, and its kind.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell {
     pub(crate) start: u32,
     pub(crate) len: u32,
@@ -56,7 +60,8 @@ pub struct Cell {
 /// and the 1-based line its text starts on. `line == 0` means the record was made by a
 /// stage (for example an aggregate emitted at the end of the stream).
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Pos {
     /// Index of the input in the run's list of inputs.
     pub input: u32,
@@ -127,14 +132,15 @@ pub fn parse_f64(s: &str) -> Option<f64> {
 
 /// Records sharing one schema, stored in one arena. See the module docs.
 #[repr(C)]
-#[derive(StableAbi, Clone, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Clone, Default)]
 pub struct Batch {
-    names: RVec<RString>,
-    data: RVec<u8>,
-    cells: RVec<Cell>,
-    pos: RVec<Pos>,
+    pub(crate) names: RVec<RString>,
+    pub(crate) data: RVec<u8>,
+    pub(crate) cells: RVec<Cell>,
+    pub(crate) pos: RVec<Pos>,
     /// Number of cells pushed for the row under construction.
-    open: u32,
+    pub(crate) open: u32,
 }
 
 impl fmt::Debug for Batch {
@@ -393,6 +399,7 @@ impl Batch {
     /// let mut b = pipe_sdk::Batch::with_columns(["a", "b"]);
     /// b.push_str_row(pipe_sdk::Pos::default(), "é", [1, 2].into_iter());
     /// ```
+    #[cfg_attr(not(any(feature = "host", feature = "codec")), allow(dead_code))]
     pub(crate) fn push_str_row(&mut self, pos: Pos, text: &str, ends: impl Iterator<Item = usize>) {
         debug_assert_eq!(self.open, 0);
         let base = self.data.len() as u32;
@@ -432,6 +439,7 @@ impl Batch {
 
     /// Sets cell `col` of the row under construction, which must already have been pushed.
     /// Used by readers that see fields out of column order.
+    #[cfg_attr(not(any(feature = "host", feature = "codec")), allow(dead_code))]
     pub(crate) fn set_open_cell(&mut self, col: usize, kind: Kind, text: &str) {
         let rows = self.pos.len();
         debug_assert!(rows > 0);
@@ -475,6 +483,7 @@ impl Batch {
 
     /// Keeps only rows `keep` (indexes in increasing order), in place: the cell table and
     /// positions are compacted; the text stays where it is in the arena.
+    #[cfg_attr(not(any(feature = "host", feature = "codec")), allow(dead_code))]
     pub(crate) fn retain_rows(&mut self, keep: &[u32]) {
         if keep.len() == self.pos.len() {
             // Increasing indexes, as many as rows: every row is kept.
@@ -493,6 +502,7 @@ impl Batch {
     }
 
     /// Appends every row of `other`, which must have the same columns.
+    #[cfg_attr(not(any(feature = "host", feature = "codec")), allow(dead_code))]
     pub(crate) fn extend_from(&mut self, other: &Batch) {
         debug_assert!(self.same_columns(other));
         let base = self.data.len() as u32;
@@ -508,6 +518,7 @@ impl Batch {
     }
 
     /// Row `r`'s cells and the arena they point into (for the writers' hot loops).
+    #[cfg_attr(not(feature = "codec"), allow(dead_code))]
     pub(crate) fn raw_row(&self, r: usize) -> (&[Cell], &[u8]) {
         let w = self.names.len();
         (&self.cells[r * w..(r + 1) * w], &self.data)

@@ -6,6 +6,9 @@
 use crate::batch::Batch;
 
 /// Host-side operations on an [`Output`](crate::Output).
+// A plugin built alone (no `host`, no `codec`) calls none of these: not dead code, just
+// the host's half of the type.
+#[cfg_attr(not(any(feature = "host", feature = "codec")), allow(dead_code))]
 pub trait HostOutput {
     /// Marks `input` as the batch being processed, so that its rows can be passed on
     /// without a copy. The host calls it (after [`clear`](HostOutput::clear)) before each

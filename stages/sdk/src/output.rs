@@ -12,17 +12,18 @@
 
 use std::fmt::Display;
 
-use abi_stable::{
-    std_types::{RString, RVec},
-    StableAbi,
-};
+#[cfg(not(target_arch = "wasm32"))]
+use abi_stable::StableAbi;
+
+use crate::std_types::{RString, RVec};
 
 use crate::batch::{Batch, Kind, Pos, Row, Value};
 use crate::hostapi::HostOutput;
 
 /// A row sent to the dead-letter path: the index of the input row and why.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone)]
 pub struct Reject {
     /// Index of the rejected row in the input batch.
     pub row: u32,
@@ -36,12 +37,13 @@ pub struct Reject {
 /// [`columns_like`](Output::columns_like)), then push rows. All rows of one output share
 /// its columns.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(StableAbi))]
+#[derive(Debug, Clone, Default)]
 pub struct Output {
-    batch: Batch,
-    rejects: RVec<Reject>,
+    pub(crate) batch: Batch,
+    pub(crate) rejects: RVec<Reject>,
     /// Rows of the current input kept unchanged, by index; they come before `batch`'s rows.
-    kept: RVec<u32>,
+    pub(crate) kept: RVec<u32>,
     /// The address of the current input batch (0: none, as in `finish`).
     input: usize,
 }

@@ -8,17 +8,15 @@
 //! installed by the SDK records the panic's message and `file:line` for that error and
 //! keeps the default "thread panicked at" text off the user's terminal.
 
-use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
 
-use abi_stable::std_types::{RErr, RNone, ROk, ROption, RResult, RSlice, RSome, RString, RVec};
 use serde::de::DeserializeOwned;
 
-use crate::abi::{ErrorKind, StageError, StageObject};
 use crate::batch::Batch;
 use crate::output::Output;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
 
 /// An error a stage returns. Anything that implements `std::error::Error` converts into
 /// it with `?`; [`Error::msg`] makes one from text.
@@ -116,109 +114,127 @@ pub fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, Error> {
     })
 }
 
-thread_local! {
-    static IN_STAGE: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
+/// The glue of a native (`.so`) stage: panic containment and the `abi_stable` adapter.
+/// Not built for wasm32, where a panic traps and the host re-creates the instance.
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::cell::{Cell, RefCell};
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::Once;
 
-fn install_panic_hook() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if IN_STAGE.with(|s| s.get()) {
-                let msg = panic_text(info.payload());
-                let text = match info.location() {
-                    Some(l) => format!("{msg} (at {}:{})", l.file(), l.line()),
-                    None => msg,
-                };
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
-            } else {
-                previous(info);
-            }
-        }));
-    });
-}
+    use abi_stable::std_types::{RErr, RNone, ROk, ROption, RResult, RSlice, RSome, RString, RVec};
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-text payload".to_string()
+    use super::{parse_config, Error, Stage};
+    use crate::abi::{ErrorKind, StageError, StageObject};
+    use crate::batch::Batch;
+    use crate::output::Output;
+
+    thread_local! {
+        static IN_STAGE: Cell<bool> = const { Cell::new(false) };
+        static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
     }
-}
 
-/// Runs `f`, turning a panic into `ErrorKind::Panicked` and an `Err` into `kind`.
-fn guarded<T>(kind: ErrorKind, f: impl FnOnce() -> Result<T, Error>) -> RResult<T, StageError> {
-    install_panic_hook();
-    let was = IN_STAGE.with(|s| s.replace(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    IN_STAGE.with(|s| s.set(was));
-    match result {
-        Ok(Ok(v)) => ROk(v),
-        Ok(Err(e)) => RErr(StageError {
-            kind,
-            message: RString::from(e.message),
-        }),
-        Err(payload) => {
-            let message = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| panic_text(&*payload));
-            RErr(StageError {
-                kind: ErrorKind::Panicked,
-                message: RString::from(message),
-            })
+    fn install_panic_hook() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = panic::take_hook();
+            panic::set_hook(Box::new(move |info| {
+                if IN_STAGE.with(|s| s.get()) {
+                    let msg = panic_text(info.payload());
+                    let text = match info.location() {
+                        Some(l) => format!("{msg} (at {}:{})", l.file(), l.line()),
+                        None => msg,
+                    };
+                    LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+                } else {
+                    previous(info);
+                }
+            }));
+        });
+    }
+
+    fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+        if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a panic with a non-text payload".to_string()
         }
     }
-}
 
-/// Wraps a [`Stage`] as a [`StageObject`]. Used by [`export_stage!`](crate::export_stage).
-#[doc(hidden)]
-pub struct Adapter<S>(pub S);
-
-impl<S: Stage> StageObject for Adapter<S> {
-    fn process(&mut self, input: &Batch, out: &mut Output) -> RResult<(), StageError> {
-        guarded(ErrorKind::Failed, || self.0.process(input, out))
+    /// Runs `f`, turning a panic into `ErrorKind::Panicked` and an `Err` into `kind`.
+    fn guarded<T>(kind: ErrorKind, f: impl FnOnce() -> Result<T, Error>) -> RResult<T, StageError> {
+        install_panic_hook();
+        let was = IN_STAGE.with(|s| s.replace(true));
+        let result = panic::catch_unwind(AssertUnwindSafe(f));
+        IN_STAGE.with(|s| s.set(was));
+        match result {
+            Ok(Ok(v)) => ROk(v),
+            Ok(Err(e)) => RErr(StageError {
+                kind,
+                message: RString::from(e.message),
+            }),
+            Err(payload) => {
+                let message = LAST_PANIC
+                    .with(|p| p.borrow_mut().take())
+                    .unwrap_or_else(|| panic_text(&*payload));
+                RErr(StageError {
+                    kind: ErrorKind::Panicked,
+                    message: RString::from(message),
+                })
+            }
+        }
     }
 
-    fn finish(&mut self, out: &mut Output) -> RResult<(), StageError> {
-        guarded(ErrorKind::Failed, || self.0.finish(out))
-    }
+    /// Wraps a [`Stage`] as a [`StageObject`]. Used by [`export_stage!`](crate::export_stage).
+    #[doc(hidden)]
+    pub struct Adapter<S>(pub S);
 
-    fn export_state(&self) -> RResult<ROption<RVec<u8>>, StageError> {
-        guarded(ErrorKind::State, || {
-            Ok(match self.0.export_state()? {
-                Some(v) => RSome(RVec::from(v)),
-                None => RNone,
+    impl<S: Stage> StageObject for Adapter<S> {
+        fn process(&mut self, input: &Batch, out: &mut Output) -> RResult<(), StageError> {
+            guarded(ErrorKind::Failed, || self.0.process(input, out))
+        }
+
+        fn finish(&mut self, out: &mut Output) -> RResult<(), StageError> {
+            guarded(ErrorKind::Failed, || self.0.finish(out))
+        }
+
+        fn export_state(&self) -> RResult<ROption<RVec<u8>>, StageError> {
+            guarded(ErrorKind::State, || {
+                Ok(match self.0.export_state()? {
+                    Some(v) => RSome(RVec::from(v)),
+                    None => RNone,
+                })
             })
+        }
+
+        fn import_state(&mut self, state: RSlice<'_, u8>) -> RResult<(), StageError> {
+            guarded(ErrorKind::State, || self.0.import_state(state.as_slice()))
+        }
+    }
+
+    /// Creates a boxed instance of `S` from JSON config text. Used by
+    /// [`export_stage!`](crate::export_stage) and by the in-process test helpers.
+    pub fn new_instance<S: Stage>(config_json: &str) -> RResult<crate::abi::StageBox, StageError> {
+        let config = match parse_config::<S::Config>(config_json) {
+            Ok(c) => c,
+            Err(e) => {
+                return RErr(StageError {
+                    kind: ErrorKind::Config,
+                    message: RString::from(e.message),
+                })
+            }
+        };
+        guarded(ErrorKind::Config, || S::new(config)).map(|s| {
+            crate::abi::StageObject_TO::from_value(Adapter(s), abi_stable::sabi_trait::TD_Opaque)
         })
     }
-
-    fn import_state(&mut self, state: RSlice<'_, u8>) -> RResult<(), StageError> {
-        guarded(ErrorKind::State, || self.0.import_state(state.as_slice()))
-    }
 }
 
-/// Creates a boxed instance of `S` from JSON config text. Used by
-/// [`export_stage!`](crate::export_stage) and by the in-process test helpers.
-pub fn new_instance<S: Stage>(config_json: &str) -> RResult<crate::abi::StageBox, StageError> {
-    let config = match parse_config::<S::Config>(config_json) {
-        Ok(c) => c,
-        Err(e) => {
-            return RErr(StageError {
-                kind: ErrorKind::Config,
-                message: RString::from(e.message),
-            })
-        }
-    };
-    guarded(ErrorKind::Config, || S::new(config)).map(|s| {
-        crate::abi::StageObject_TO::from_value(Adapter(s), abi_stable::sabi_trait::TD_Opaque)
-    })
-}
-
-/// Exports a [`Stage`] as the library's root module.
+/// Exports a [`Stage`]: as the library's root module in a native build (`.so`), as the
+/// WASM batch ABI's exports ([`crate::wasm_abi`]) when built for `wasm32` (`.wasm`). The
+/// same stage code builds both ways.
 ///
 /// ```ignore
 /// pipe_sdk::export_stage!(Upper, name = "upper", description = "upper-cases fields");
@@ -240,23 +256,31 @@ macro_rules! export_stage {
         #[doc(hidden)]
         pub mod __pipe_stage_export {
             use super::*;
+            #[cfg(not(target_arch = "wasm32"))]
             use $crate::__private::abi_stable as abi;
 
+            fn stage_version() -> &'static str {
+                let v: &str = env!("CARGO_PKG_VERSION");
+                $(let v: &str = $version;)?
+                v
+            }
+
+            fn stage_stateful() -> bool {
+                false $(|| $stateful)?
+            }
+
+            #[cfg(not(target_arch = "wasm32"))]
             extern "C" fn manifest() -> $crate::abi::Manifest {
                 $crate::abi::Manifest {
                     name: $name.into(),
-                    version: {
-                        let v: &str = env!("CARGO_PKG_VERSION");
-                        $(let v: &str = $version;)?
-                        v
-                    }
-                    .into(),
+                    version: stage_version().into(),
                     description: $desc.into(),
-                    stateful: false $(|| $stateful)?,
+                    stateful: stage_stateful(),
                     sdk_version: $crate::abi::SDK_VERSION.into(),
                 }
             }
 
+            #[cfg(not(target_arch = "wasm32"))]
             extern "C" fn new(
                 config: abi::std_types::RStr<'_>,
             ) -> abi::std_types::RResult<$crate::abi::StageBox, $crate::abi::StageError> {
@@ -264,12 +288,14 @@ macro_rules! export_stage {
             }
 
             /// The root module, as `abi_stable` loads it.
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn root_module() -> $crate::abi::StageMod_Ref {
                 use abi::prefix_type::PrefixTypeTrait;
                 $crate::abi::StageMod { manifest, new }.leak_into_prefix()
             }
 
             /// The manifest, for in-process use (tests).
+            #[cfg(not(target_arch = "wasm32"))]
             pub fn stage_manifest() -> $crate::abi::Manifest {
                 manifest()
             }
@@ -277,6 +303,7 @@ macro_rules! export_stage {
             // What `#[abi_stable::export_root_module]` expands to, written out so that
             // plugin crates need no direct dependency on abi_stable. The symbol name is
             // checked against abi_stable's own in the SDK's tests.
+            #[cfg(not(target_arch = "wasm32"))]
             #[no_mangle]
             pub static _1as_0lib_1header_0root_bmodule_bloader: abi::library::LibHeader = {
                 pub extern "C" fn erased() -> abi::library::RootModuleResult {
@@ -294,6 +321,59 @@ macro_rules! export_stage {
                     )
                 }
             };
+
+            // The WASM batch ABI's exports (see `pipe_sdk::wasm_abi` for each one's
+            // contract); the work is in `pipe_sdk::wasm_guest`.
+            #[cfg(target_arch = "wasm32")]
+            static GUEST: $crate::wasm_guest::GuestCell<$ty> = $crate::wasm_guest::GuestCell::new();
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_alloc(len: u32) -> u32 {
+                GUEST.alloc(len)
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_manifest() -> u64 {
+                GUEST.manifest($crate::wasm_abi::manifest_json(
+                    $name,
+                    stage_version(),
+                    $desc,
+                    stage_stateful(),
+                    $crate::wasm_abi::SDK_VERSION,
+                ))
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_new(ptr: u32, len: u32) -> u64 {
+                GUEST.new_stage(ptr, len)
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_process(ptr: u32, len: u32) -> u64 {
+                GUEST.process(ptr, len)
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_finish() -> u64 {
+                GUEST.finish()
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_export_state() -> u64 {
+                GUEST.export_state()
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            #[no_mangle]
+            pub extern "C" fn pipe_import_state(ptr: u32, len: u32) -> u64 {
+                GUEST.import_state(ptr, len)
+            }
         }
     };
 }

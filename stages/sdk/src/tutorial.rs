@@ -115,3 +115,17 @@
 //! pipe stages                    # upper  0.1.0  ok  .../libupper.so
 //! pipe run upper-pipeline data.csv
 //! ```
+//!
+//! # 6. The same stage as WASM
+//!
+//! Nothing in the code changes: for `wasm32`, [`export_stage!`](crate::export_stage) emits
+//! the exports of the WASM batch ABI ([`crate::wasm_abi`]) instead of the native root
+//! module, and the stage runs sandboxed, with a memory cap and a per-batch deadline:
+//!
+//! ```sh
+//! cargo build --target wasm32-unknown-unknown --release -p stage-upper
+//! # pipelines.toml: plugin = "upper", path = "target/wasm32-unknown-unknown/release/upper.wasm"
+//! ```
+//!
+//! A WASM stage has no stderr, files, network or clock: print with [`crate::log`], and
+//! keep to the records. A panic traps; the host reports it with its message, as above.

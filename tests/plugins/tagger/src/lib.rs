@@ -17,6 +17,8 @@
 //!   version to the new one at a swap; with `count = true` the `seen` column shows that
 //!   the count carried on.
 //! - Feature `stateful`: declares the stage stateful in its manifest (one worker).
+//! - Built for `wasm32-unknown-unknown` it is a WASM stage (the WASM hot-swap tests);
+//!   there `delay_us` is refused, as a WASM stage has no clock.
 //!
 //! A column the stage writes that the input already has is overwritten in place, so two
 //! taggers can be chained.
@@ -95,6 +97,12 @@ impl Stage for Tagger {
     type Config = TaggerConfig;
 
     fn new(config: TaggerConfig) -> Result<Self, Error> {
+        // Built as WASM (tests/wasm_stages.rs), the stage has no clock to sleep on.
+        if cfg!(target_arch = "wasm32") && config.delay_us > 0 {
+            return Err(Error::msg(
+                "delay_us needs a clock, which a WASM stage has not",
+            ));
+        }
         Ok(Tagger { config, seen: 0 })
     }
 
