@@ -44,11 +44,29 @@ const MAGIC: &[u8; 4] = b"\0asm";
 
 /// Whether the file at `path` is a WASM module (by its first bytes, so a module is
 /// recognised whatever its name).
+///
+/// Only a regular file is looked into, and it is opened without blocking: a FIFO renamed
+/// over a plugin must not hang the loader (tests/loading_safety.rs); anything else is left
+/// to the library backend, whose verified open refuses it with a message.
 pub fn is_wasm(path: &Path) -> bool {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut head = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| {
+            // A regular file still, now that it is open (it may have been replaced).
+            if f.metadata()?.is_file() {
+                (&f).read_exact(&mut head)
+            } else {
+                Err(std::io::ErrorKind::InvalidInput.into())
+            }
+        })
         .is_ok()
         && &head == MAGIC
 }
