@@ -97,6 +97,9 @@ pub enum StartError {
     /// The output could not be opened.
     #[error("{0}")]
     Output(String),
+    /// A JetStream input or output cannot be used.
+    #[error(transparent)]
+    JetStream(#[from] crate::jetstream::JetStreamError),
 }
 
 /// Loads `spec`'s plugin: find, check, open.
@@ -313,7 +316,10 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
             s.workers = w;
         }
     }
-    let inputs: Vec<String> = if opts.inputs.is_empty() {
+    let stream_inputs = crate::jetstream::plan_inputs(&plan, &opts.inputs)?;
+    let inputs: Vec<String> = if let Some(names) = stream_inputs {
+        names
+    } else if opts.inputs.is_empty() {
         vec!["-".to_string()]
     } else {
         opts.inputs.clone()
@@ -388,6 +394,14 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         stop_reading: Arc::new(AtomicBool::new(false)),
     });
     let started = Instant::now();
+    let mut jetstream = crate::jetstream::JetStreamRun::start(
+        &plan,
+        &setups,
+        opts.output.as_deref().filter(|_| !opts.discard_output),
+        output_format,
+        dead.clone(),
+        fatal_tx.clone(),
+    )?;
 
     // Reader → feeder.
     let (batch_tx, batch_rx) = bounded::<Batch>(plan.channel_capacity);
@@ -406,10 +420,27 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
             stop: ctx.stop_reading.clone(),
         };
         let fatal = fatal_tx.clone();
+        let stream = jetstream.as_mut().and_then(|j| {
+            j.take_source(
+                &plan,
+                dead.clone(),
+                stats.clone(),
+                job.tx.clone(),
+                job.pool.clone(),
+                job.stop.clone(),
+            )
+        });
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
-                if let Err(e) = job.run() {
+                let read = match stream {
+                    Some(stream) => {
+                        drop(job);
+                        stream.run()
+                    }
+                    None => job.run(),
+                };
+                if let Err(e) = read {
                     let _ = fatal.send(e);
                 }
             })
@@ -429,9 +460,10 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
     let chain = RunningChain::spawn(setups, &ctx, 0, sink_tx.clone());
     {
         let ctx = ctx.clone();
+        let acks = jetstream.as_ref().and_then(|j| j.tracker.clone());
         std::thread::Builder::new()
             .name("feeder".into())
-            .spawn(move || feed(batch_rx, cmd_rx, sig_rx, chain, sink_tx, ctx))
+            .spawn(move || feed(batch_rx, cmd_rx, sig_rx, chain, sink_tx, ctx, acks))
             .expect("spawning a thread");
     }
 
@@ -475,6 +507,7 @@ pub fn run(mut plan: PipelinePlan, opts: RunOptions) -> Result<Report, StartErro
         &ctx,
         progress.as_ref(),
         pool_tx,
+        jetstream.as_mut().and_then(|j| j.take_sink()),
     );
     if let Some(p) = &progress {
         p.finish();
@@ -742,7 +775,15 @@ fn feed(
     mut chain: RunningChain,
     sink: Sender<Msg>,
     ctx: Arc<Context>,
+    acks: Option<Arc<crate::jetstream::source::AckTracker>>,
 ) {
+    // A stream input's batches carry the message to ack: its tag follows the number
+    // given here (jetstream/source.rs), recorded before the batch can reach the sink.
+    let tag = |seq: u64| {
+        if let Some(a) = &acks {
+            a.fed(seq);
+        }
+    };
     let mut seq = 0u64;
     let mut commands = Some(commands);
     let never = crossbeam_channel::never();
@@ -752,6 +793,7 @@ fn feed(
             recv(batches) -> b => match b {
                 Ok(batch) => {
                     let n = batch.len() as u64;
+                    tag(seq);
                     if chain.head.send(Msg::Batch { seq, batch }).is_err() {
                         return;
                     }
@@ -812,6 +854,7 @@ fn feed(
                 ctx.stop_reading.store(true, Relaxed);
                 while let Ok(batch) = batches.recv_timeout(Duration::from_millis(200)) {
                     let n = batch.len() as u64;
+                    tag(seq);
                     if chain.head.send(Msg::Batch { seq, batch }).is_err() {
                         return;
                     }
@@ -826,6 +869,7 @@ fn feed(
 }
 
 /// The sink: restores order, encodes, watches for fatal errors and hung stages.
+#[allow(clippy::too_many_arguments)]
 fn sink(
     rx: Receiver<Msg>,
     fatal: Receiver<RunError>,
@@ -834,6 +878,7 @@ fn sink(
     ctx: &Context,
     progress: Option<&crate::progress::Progress>,
     pool: Sender<Batch>,
+    mut acking: Option<crate::jetstream::sink::AckingSink>,
 ) -> Outcome {
     let mut writer = codec::writer(format, out);
     let mut pending: std::collections::BTreeMap<u64, Msg> = Default::default();
@@ -871,8 +916,14 @@ fn sink(
                     while let Some(msg) = pending.remove(&next) {
                         next += 1;
                         match msg {
-                            Msg::Batch { mut batch, .. } => {
-                                if let Err(e) = writer.write_batch(&batch) {
+                            Msg::Batch { seq, mut batch } => {
+                                // With a stream involved, the batch is written (or
+                                // published) and its message acked (jetstream/sink.rs).
+                                let written = match acking.as_mut() {
+                                    Some(a) => a.write(seq, &batch, &mut *writer),
+                                    None => writer.write_batch(&batch),
+                                };
+                                if let Err(e) = written {
                                     return write_error(e);
                                 }
                                 ctx.stats.written.fetch_add(batch.len() as u64, Relaxed);
@@ -890,6 +941,9 @@ fn sink(
                     if rx.is_empty() {
                         if let Err(e) = writer.flush() {
                             return write_error(codec::WriteError::Io(e));
+                        }
+                        if let Some(a) = acking.as_mut() {
+                            a.flushed();
                         }
                     }
                 }
@@ -928,6 +982,16 @@ fn sink(
     }
     if let Err(e) = writer.flush() {
         return write_error(codec::WriteError::Io(e));
+    }
+    if let Some(a) = acking {
+        match a.finish() {
+            Ok(s) => tracing::debug!("jetstream: {s:?}"),
+            Err(e) => return Outcome::Failed(e),
+        }
+        // A publish refused at the last moment is reported on the fatal channel.
+        if let Ok(e) = fatal.try_recv() {
+            return Outcome::Failed(e);
+        }
     }
     Outcome::Done
 }

@@ -17,6 +17,8 @@
 //! - `cli`, `commands`: the command line and the subcommands besides `run`.
 //! - `error`: errors that end a run.
 //! - `logging`: stderr messages through `tracing`, `-v`/`-q`, `PIPE_LOG`.
+//! - `jetstream`: scale-out: NATS JetStream streams as input and output, `pipe publish`,
+//!   acks after the sink.
 
 pub mod bench;
 pub mod cli;
@@ -26,6 +28,7 @@ pub mod deadletter;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod jetstream;
 pub mod loader;
 pub mod logging;
 pub mod process;

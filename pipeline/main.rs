@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     pipe::logging::init(cli.verbose, cli.quiet);
     let code = match cli.command {
         CommandLine::Run(args) => run(args),
+        CommandLine::Publish(args) => pipe::jetstream::publish::run(args),
         CommandLine::Check(args) => commands::check(args),
         CommandLine::Stages(args) => commands::stages(args),
         CommandLine::Bench(args) => commands::bench(args),

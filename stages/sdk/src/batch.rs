@@ -480,6 +480,17 @@ impl Batch {
         self.pos = pos;
     }
 
+    /// Moves every row `by` lines further down its input; rows a stage made (line 0)
+    /// stay at 0. For a host whose input arrives in pieces: a message holding lines
+    /// 5001-6000 of a file is read as lines 1-1000 of the message, then shifted.
+    pub fn shift_lines(&mut self, by: u64) {
+        for p in self.pos.iter_mut() {
+            if p.line > 0 {
+                p.line += by;
+            }
+        }
+    }
+
     /// Appends every row of `other`, which must have the same columns.
     pub fn extend_from(&mut self, other: &Batch) {
         debug_assert!(self.same_columns(other));
