@@ -985,7 +985,7 @@ fn sink(
     }
     if let Some(a) = acking {
         match a.finish() {
-            Ok(s) => tracing::debug!("jetstream: {s:?}"),
+            Ok(s) => tracing::info!("{s}"),
             Err(e) => return Outcome::Failed(e),
         }
         // A publish refused at the last moment is reported on the fatal channel.

@@ -67,6 +67,22 @@ pub struct Summary {
     pub output: Closed,
 }
 
+impl std::fmt::Display for Summary {
+    /// `jetstream: 120 messages acked, 4 returned; 120 published, 3 dropped as duplicates`
+    /// (one bridge serving both sides reports under `output`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let acked = self.input.acked + self.output.acked;
+        let naked = self.input.naked + self.output.naked;
+        let published = self.input.published + self.output.published;
+        let duplicates = self.input.duplicates + self.output.duplicates;
+        write!(
+            f,
+            "jetstream: {acked} messages acked, {naked} returned for redelivery; \
+             {published} published, {duplicates} of them dropped as duplicates"
+        )
+    }
+}
+
 impl AckingSink {
     /// Writes batch `seq`: publishes it when the output is a stream, else writes it with
     /// `writer`. Acks follow the rules in the module docs.
