@@ -41,8 +41,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a pull request waits for messages on the server. Short enough that an
 /// instance notices the end of work (`stop_when_empty`) and a signal quickly; long enough
-/// that an idle instance costs the server a request a second, not a busy loop.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// that an idle instance costs the server a few requests a second, not a busy loop.
+const PULL_EXPIRES: Duration = Duration::from_millis(250);
 
 /// Publishes waiting for their acknowledgement at most, per bridge: the sink blocks
 /// beyond it (backpressure), well below async-nats's own limit, which would otherwise
@@ -76,11 +76,6 @@ pub struct Delivery {
 pub enum Event {
     /// A message.
     Message(Delivery),
-    /// A pull request ended after delivering `got` messages.
-    PullDone {
-        /// Messages it delivered.
-        got: usize,
-    },
     /// Pulling failed.
     Failed(String),
 }
@@ -125,9 +120,8 @@ enum Command {
         create: bool,
         reply: Sender<Result<(), JetStreamError>>,
     },
-    Pull {
-        max: usize,
-    },
+    /// Keep up to this many messages held (0: pull no more).
+    Pull(usize),
     Ack(u64),
     Nak(u64),
     Publish(PublishJob),
@@ -252,10 +246,11 @@ impl Bridge {
         }
     }
 
-    /// Asks for up to `max` more messages (one pull request; [`Event::PullDone`] says
-    /// when it is over).
-    pub fn pull(&self, max: usize) {
-        let _ = self.cmd.send(Command::Pull { max });
+    /// Keeps pulling while this instance holds fewer than `max_in_flight` messages
+    /// (0 stops pulling). The I/O thread tops up as soon as an ack makes room: waiting
+    /// for the source to notice would leave the chain idle between pulls.
+    pub fn pull(&self, max_in_flight: usize) {
+        let _ = self.cmd.send(Command::Pull(max_in_flight));
     }
 
     /// Acks message `id`: it is done.
@@ -338,6 +333,10 @@ struct Io {
     held: Arc<AtomicUsize>,
     permits: Receiver<()>,
     fatal: Sender<RunError>,
+    /// Messages to keep held (0: none; see [`Bridge::pull`]).
+    pull_limit: usize,
+    /// No pull request before this (after one that failed).
+    pull_after: Instant,
     /// Where `PartDone`s go when another bridge holds the input messages.
     forward: Option<mpsc::UnboundedSender<Command>>,
     closed: Closed,
@@ -387,6 +386,8 @@ impl IoThread {
                 held: self.held,
                 permits: self.permits,
                 fatal: self.fatal,
+                pull_limit: 0,
+                pull_after: Instant::now(),
                 forward: None,
                 closed: Closed::default(),
             };
@@ -429,6 +430,7 @@ impl Io {
         let mut publishes: FuturesUnordered<PublishFuture> = FuturesUnordered::new();
         let mut progress = tokio::time::interval(Duration::from_millis(250));
         loop {
+            self.top_up(&mut pull).await;
             tokio::select! {
                 c = cmd.recv() => {
                     let Some(c) = c else { break };
@@ -477,22 +479,11 @@ impl Io {
             } => {
                 let _ = reply.send(self.check_stream(&stream, &subject, create).await);
             }
-            Command::Pull { max } => {
-                if pull.is_some() {
-                    return;
-                }
-                let Some(consumer) = &self.consumer else {
-                    return;
-                };
-                match consumer
-                    .batch()
-                    .max_messages(max.max(1))
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await
-                {
-                    Ok(b) => *pull = Some((b, 0)),
-                    Err(e) => self.event(Event::Failed(format!("pull request failed: {e}"))),
+            Command::Pull(limit) => {
+                self.pull_limit = limit;
+                if limit == 0 {
+                    // Messages already on their way are held, then NAKed at close.
+                    *pull = None;
                 }
             }
             Command::Ack(id) => self.finish(id, AckKind::Ack).await,
@@ -598,6 +589,30 @@ impl Io {
         Ok(())
     }
 
+    /// Starts a pull request when none is out and the host has room.
+    async fn top_up(&mut self, pull: &mut Option<(jetstream::consumer::pull::Batch, usize)>) {
+        let held = self.held_map.len();
+        if pull.is_some() || held >= self.pull_limit || Instant::now() < self.pull_after {
+            return;
+        }
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        match consumer
+            .batch()
+            .max_messages(self.pull_limit - held)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(b) => *pull = Some((b, 0)),
+            Err(e) => {
+                self.pull_limit = 0;
+                self.event(Event::Failed(format!("pull request failed: {e}")));
+            }
+        }
+    }
+
     fn event(&self, e: Event) {
         if let Some(tx) = &self.events {
             let _ = tx.send(e);
@@ -611,15 +626,15 @@ impl Io {
     ) {
         match m {
             None => {
-                let got = pull.take().map_or(0, |(_, n)| n);
-                self.event(Event::PullDone { got });
+                pull.take();
             }
             Some(Err(e)) => {
                 // A status the server sends at the end of a request it held (timeout,
-                // consumer busy) is not fatal: end this pull, the source asks again.
-                let got = pull.take().map_or(0, |(_, n)| n);
+                // consumer busy) is not fatal: end this pull and ask again, after a pause
+                // so that a consumer that keeps refusing is not asked in a busy loop.
+                pull.take();
                 tracing::debug!("pull ended: {e}");
-                self.event(Event::PullDone { got });
+                self.pull_after = Instant::now() + Duration::from_millis(50);
             }
             Some(Ok(msg)) => {
                 if let Some((_, n)) = pull.as_mut() {

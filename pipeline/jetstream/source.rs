@@ -36,6 +36,10 @@ use crate::deadletter::DeadLetter;
 use crate::error::RunError;
 use crate::stats::RunStats;
 
+/// With `stop_when_empty`, how long no message must arrive before the source asks the
+/// server whether the work is over (and how often it asks while idle).
+const IDLE: Duration = Duration::from_millis(50);
+
 /// Which message a batch came from.
 #[derive(Debug, Clone)]
 pub struct BatchTag {
@@ -129,39 +133,26 @@ impl SourceJob {
     /// Pulls and hands on messages until stopped, until the feeder is gone, or (with
     /// `stop_when_empty`) until the consumer has nothing left.
     pub fn run(self) -> Result<(), RunError> {
-        let mut pulling = false;
         let mut bad = Vec::new();
         let stream: Arc<str> = self.input.stream.as_str().into();
-        let mut idle_since = Instant::now();
-        loop {
+        self.bridge.pull(self.input.max_in_flight);
+        let mut last_message = Instant::now();
+        let mut last_check = Instant::now();
+        let result = loop {
             if self.stop.load(Relaxed) {
-                return Ok(());
+                break Ok(());
             }
-            let held = self.bridge.held();
-            if !pulling && held < self.input.max_in_flight {
-                self.bridge.pull(self.input.max_in_flight - held);
-                pulling = true;
-            }
-            let event = match self.events.recv_timeout(Duration::from_millis(100)) {
-                Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            match event {
-                Event::Message(d) => {
-                    idle_since = Instant::now();
-                    if !self.hand_on(d, &stream, &mut bad)? {
-                        return Ok(()); // the run is stopping
+            match self.events.recv_timeout(IDLE) {
+                Ok(Event::Message(d)) => {
+                    last_message = Instant::now();
+                    match self.hand_on(d, &stream, &mut bad) {
+                        Ok(true) => {}
+                        Ok(false) => break Ok(()), // the run is stopping
+                        Err(e) => break Err(e),
                     }
                 }
-                Event::PullDone { got } => {
-                    pulling = false;
-                    if got == 0 && self.input.stop_when_empty && self.finished(idle_since) {
-                        return Ok(());
-                    }
-                }
-                Event::Failed(why) => {
-                    return Err(RunError::Io {
+                Ok(Event::Failed(why)) => {
+                    break Err(RunError::Io {
                         what: format!(
                             "reading stream `{}` on {}",
                             self.input.stream, self.bridge.url
@@ -169,15 +160,28 @@ impl SourceJob {
                         message: why,
                     })
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
             }
-        }
+            if self.input.stop_when_empty
+                && last_message.elapsed() >= IDLE
+                && last_check.elapsed() >= IDLE
+            {
+                last_check = Instant::now();
+                if self.finished() {
+                    break Ok(());
+                }
+            }
+        };
+        self.bridge.pull(0);
+        result
     }
 
     /// Whether the work is over: this instance holds nothing, and the consumer has no
     /// message pending and none unacknowledged (so none can come back from an instance
     /// that died: it would be unacknowledged until its ack wait passes).
-    fn finished(&self, idle_since: Instant) -> bool {
-        if self.bridge.held() > 0 || idle_since.elapsed() < Duration::from_millis(500) {
+    fn finished(&self) -> bool {
+        if self.bridge.held() > 0 {
             return false;
         }
         match self.bridge.consumer_backlog() {
