@@ -187,28 +187,50 @@ fn expected(sb: &Sandbox) -> String {
     ok(run(sb, &["run", "local", "orders.csv"])).stdout
 }
 
-/// A `pipe run` in the background, with its stderr collected.
+/// A `pipe run` in the background, with its stderr collected line by line.
 struct Worker {
     child: Child,
-    stderr: std::thread::JoinHandle<String>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
 }
 
 impl Worker {
+    /// Starts `pipe args...` (with `-v`) and waits until its pipeline runs: connected,
+    /// consumer open, stages loaded. A fault timed from here lands mid-run however
+    /// slow the machine is at starting processes.
     fn start(sb: &Sandbox, args: &[&str]) -> Worker {
         let mut child = sb
-            .command(args)
+            .command(&[&["-v"], args].concat())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting pipe");
         let err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut BufReader::new(err), &mut s).unwrap();
-            s
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        Worker { child, stderr }
+        let mut w = Worker {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !w.seen.iter().any(|l| l.contains("running pipeline")) {
+            match w
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => w.seen.push(l),
+                Err(_) => panic!("pipe run did not start:\n{}", w.seen.join("\n")),
+            }
+        }
+        w
     }
 
     fn signal(&self, sig: i32) {
@@ -222,6 +244,9 @@ impl Worker {
     fn wait(mut self, secs: u64) -> Run {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let status = loop {
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
@@ -230,18 +255,22 @@ impl Worker {
                 let _ = self.child.wait();
                 panic!(
                     "pipe run did not end within {secs} s; stderr:\n{}",
-                    self.stderr.join().unwrap()
+                    self.seen.join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        // The rest of stderr: the reader thread ends when the pipe closes.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
         use std::os::unix::process::ExitStatusExt;
         Run {
             code: status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
             stdout: String::new(),
-            stderr: self.stderr.join().unwrap(),
+            stderr: self.seen.join("\n"),
         }
     }
 }
@@ -446,14 +475,7 @@ fn one_of_three_killed_one_stopped_one_hot_swapped_every_record_once() {
     let cfg = swapped.join("pipelines.toml");
     let hot = Worker::start(
         &sb,
-        &[
-            "run",
-            "-c",
-            cfg.to_str().unwrap(),
-            "-v",
-            "work",
-            "--stats=json",
-        ],
+        &["run", "-c", cfg.to_str().unwrap(), "work", "--stats=json"],
     );
     std::thread::sleep(Duration::from_millis(1500));
     killed.signal(libc::SIGKILL);
