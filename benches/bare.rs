@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pipe::bench::{bare_loop, Baseline};
+use pipe::tools::bench::{bare_loop, Baseline};
 use pipe_sdk::codec::Format;
 
 fn main() -> ExitCode {
@@ -61,8 +61,8 @@ fn self_check() -> ExitCode {
         let file = dir.path().join(format!("orders.{format}"));
         let mut f = std::fs::File::create(&file).expect("creating data");
         match format {
-            Format::Csv => pipe::generate::orders_csv(&mut f, 20_000, 42),
-            Format::Jsonl => pipe::generate::orders_jsonl(&mut f, 20_000, 42),
+            Format::Csv => pipe::tools::generate::orders_csv(&mut f, 20_000, 42),
+            Format::Jsonl => pipe::tools::generate::orders_jsonl(&mut f, 20_000, 42),
         }
         .expect("generating orders");
         for baseline in [Baseline::Copy, Baseline::Chain] {

@@ -1,16 +1,16 @@
-//! Chain depth and worker scaling, in process through `pipe::engine::run` with the real
+//! Chain depth and worker scaling, in process through `pipe::run::run` with the real
 //! release plugins (issue 5).
 //!
 //! - `chain/depth/N`: 200,000 generated CSV orders through N pass-through stages
 //!   (`select` keeping every column, [`common::pass_through_config`]), N = 0 (the engine
 //!   alone: read, number, reorder, encode), 1, 2, 4, 8; baseline `chain/bare_copy`, the
-//!   csv-crate copy loop of `pipe::bench::bare_loop(Baseline::Copy)` on the same file.
+//!   csv-crate copy loop of `pipe::tools::bench::bare_loop(Baseline::Copy)` on the same file.
 //!   The slope over N is what one more stage costs per record, all included (channel
 //!   hop, dispatcher, worker, the stage's copy).
 //! - `workers/N`: `mask` hashing two fields (`fields = ["email", "user"], mode = "hash"`)
 //!   with 1 and 2 workers; issue 5 wants ≥ 1.7× the records/s with 2 on 2 cores.
 //!
-//! Every run of `pipe::engine::run` loads its plugins afresh (read, sha256, private copy,
+//! Every run of `pipe::run::run` loads its plugins afresh (read, sha256, private copy,
 //! `dlopen`), as `pipe run` and `pipe bench` do. The `chain` and `workers` figures are each
 //! run's own clock, which starts once the stages are loaded
 //! ([`common::run_excluding_load`]); the loading is timed apart, each plan on a
@@ -27,7 +27,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use pipe::bench::{bare_loop, Baseline};
+use pipe::tools::bench::{bare_loop, Baseline};
 use pipe_sdk::codec::Format;
 
 use common::{fmt_ns, StageToml, Summary};

@@ -1,6 +1,6 @@
 //! Whole runs against the loops a Rust programmer would write by hand (issue 5), in
-//! process through `pipe::engine::run` with the real release plugins, each next to
-//! `pipe::bench::bare_loop` on the same generated file in the same run:
+//! process through `pipe::run::run` with the real release plugins, each next to
+//! `pipe::tools::bench::bare_loop` on the same generated file in the same run:
 //!
 //! | id | pipe | baseline |
 //! |---|---|---|
@@ -23,7 +23,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use pipe::bench::{bare_loop, Baseline};
+use pipe::tools::bench::{bare_loop, Baseline};
 use pipe_sdk::codec::Format;
 
 use common::{fmt_ns, StageToml, Summary};

@@ -40,7 +40,7 @@ const SIZES: [usize; 6] = [0, 1, 16, 256, 1024, 4096];
 /// as the reader sends for a header-only input).
 fn batch_of(n: usize) -> Batch {
     let mut text = Vec::new();
-    pipe::generate::orders_csv(&mut text, n as u64, 42).expect("generating orders");
+    pipe::tools::generate::orders_csv(&mut text, n as u64, 42).expect("generating orders");
     let mut reader = codec::reader(Format::Csv, text.as_slice(), 0);
     let mut batch = Batch::new();
     let mut bad = Vec::new();

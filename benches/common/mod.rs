@@ -11,9 +11,10 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use criterion::Criterion;
+use pipe::config::RunOptions;
 use pipe::config::{PipelinePlan, PipelinesConfig};
-use pipe::engine::{self, Outcome, RunOptions};
-use pipe::stats::Snapshot;
+use pipe::run::stats::Snapshot;
+use pipe::run::{self as engine, Outcome};
 use pipe_sdk::codec::Format;
 
 /// The workspace root.
@@ -96,8 +97,8 @@ pub fn orders_file(records: u64, format: Format) -> PathBuf {
         let tmp = path.with_extension("tmp");
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("creating data"));
         match format {
-            Format::Csv => pipe::generate::orders_csv(&mut f, records, 42),
-            Format::Jsonl => pipe::generate::orders_jsonl(&mut f, records, 42),
+            Format::Csv => pipe::tools::generate::orders_csv(&mut f, records, 42),
+            Format::Jsonl => pipe::tools::generate::orders_jsonl(&mut f, records, 42),
         }
         .expect("generating orders");
         f.flush().expect("writing data");
@@ -189,7 +190,7 @@ pub fn plan(plugin_dir: &Path, stages: &[StageToml<'_>]) -> PipelinePlan {
 
 /// The benchmark chain of the README on orders: filter `amount > 500`, compute
 /// `country = upper(country)` and `amount_cents = amount * 100`, keep four columns. The
-/// same work as `pipe::bench::Baseline::Chain`.
+/// same work as `pipe::tools::bench::Baseline::Chain`.
 pub fn chain_stages() -> Vec<StageToml<'static>> {
     vec![
         StageToml::new("filter", "{ where = \"amount > 500\" }"),

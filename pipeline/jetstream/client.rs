@@ -34,7 +34,7 @@ use pipe_sdk::codec::Format;
 use tokio::sync::mpsc;
 
 use super::{JetStreamError, HEADER_FORMAT, HEADER_INPUT, HEADER_LINE};
-use crate::error::RunError;
+use crate::run::RunError;
 
 /// How long connecting, and each JetStream API request, may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -737,10 +737,10 @@ impl Io {
                 self.part_done(ack).await;
             }
             Err(e) => {
-                let _ = self.fatal.send(RunError::Io {
-                    what: format!("publishing to subject `{subject}` on {}", self.url),
-                    message: e,
-                });
+                let _ = self.fatal.send(RunError::io(
+                    format!("publishing to subject `{subject}` on {}", self.url),
+                    std::io::Error::other(e),
+                ));
                 // Not acked: the input message is NAKed when its bridge closes (the run
                 // stops on this error), and redelivered.
                 let _ = ack;

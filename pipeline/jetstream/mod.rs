@@ -36,7 +36,6 @@ pub mod sink;
 pub mod source;
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -44,10 +43,10 @@ use pipe_sdk::codec::Format;
 use pipe_sdk::Batch;
 
 use crate::config::PipelinePlan;
-use crate::deadletter::DeadLetter;
-use crate::error::RunError;
-use crate::runtime::StageSetup;
-use crate::stats::RunStats;
+use crate::run::deadletter::DeadLetter;
+use crate::run::RunError;
+use crate::run::RunStats;
+use crate::run::StageSetup;
 use client::Bridge;
 use sink::{AckingSink, StreamOutput};
 use source::{AckTracker, SourceJob};
@@ -146,11 +145,15 @@ impl JetStreamError {
 }
 
 /// The input names of a run whose pipeline reads a stream: one label for the stream
-/// (messages add their own inputs as they come). `None` for other pipelines. Files on
-/// the command line are refused: the stream is the input.
-pub fn plan_inputs(
+/// (messages add their own inputs as they come). `None` for other pipelines. Refused:
+/// files on the command line (the stream is the input), and `-o FILE`, which appears
+/// only when the run ends, while messages are acknowledged as their records are
+/// written (a run killed before the end would have acknowledged records it never
+/// delivered).
+pub fn resolve_inputs(
     plan: &PipelinePlan,
     files: &[String],
+    output: Option<&Path>,
 ) -> Result<Option<Vec<String>>, JetStreamError> {
     let Some(input) = &plan.jetstream.input else {
         return Ok(None);
@@ -162,6 +165,17 @@ pub fn plan_inputs(
             input.stream,
             input.url,
             files.join(" ")
+        )));
+    }
+    if let Some(f) = output {
+        return Err(JetStreamError::Refused(format!(
+            "pipeline `{}` reads stream `{}`, whose messages are acknowledged as their \
+             records are written, but -o {} appears only when the run ends: write to \
+             stdout (`> {}`) or to an output stream",
+            plan.name,
+            input.stream,
+            f.display(),
+            f.display()
         )));
     }
     Ok(Some(vec![format!("{}/{}", input.url, input.stream)]))
@@ -178,13 +192,10 @@ pub struct JetStreamRun {
 impl JetStreamRun {
     /// Checks that `plan` can run against its streams, connects, and opens the consumer
     /// and the output stream. `None` when the plan names no stream. Refuses a stream
-    /// input with `-o FILE` (that file appears only at the end of the run, so nothing
-    /// could be acked until then) and with a stateful stage (see the README, "Scaling
-    /// out").
+    /// input with a stateful stage (see the README, "Scaling out").
     pub fn start(
         plan: &PipelinePlan,
         setups: &[StageSetup],
-        output_file: Option<&Path>,
         output_format: Format,
         dead: Arc<DeadLetter>,
         fatal: Sender<RunError>,
@@ -202,19 +213,6 @@ impl JetStreamRun {
                      Run stateful stages in one `pipe run` that reads the shared \
                      pipeline's output stream, or remove the stage",
                     s.spec.name, plan.name, input.stream, input.durable
-                )));
-            }
-            if let Some(f) =
-                output_file.filter(|f| std::fs::metadata(f).map_or(true, |m| m.is_file()))
-            {
-                return Err(JetStreamError::Refused(format!(
-                    "pipeline `{}` reads stream `{}`, whose messages are acknowledged as \
-                     their records are written, but -o {} appears only when the run ends: \
-                     write to stdout (`> {}`) or to an output stream",
-                    plan.name,
-                    input.stream,
-                    f.display(),
-                    f.display()
                 )));
             }
         }
@@ -277,8 +275,8 @@ impl JetStreamRun {
         }))
     }
 
-    /// The reader thread's job, when the input is a stream.
-    #[allow(clippy::too_many_arguments)]
+    /// The reader thread's job, when the input is a stream. `stop` says when a signal
+    /// came: pull no more.
     pub fn take_source(
         &mut self,
         plan: &PipelinePlan,
@@ -286,7 +284,7 @@ impl JetStreamRun {
         stats: Arc<RunStats>,
         tx: Sender<Batch>,
         pool: Receiver<Batch>,
-        stop: Arc<AtomicBool>,
+        stop: Box<dyn Fn() -> bool + Send>,
     ) -> Option<SourceJob> {
         let (bridge, events) = self.source.take()?;
         Some(SourceJob {

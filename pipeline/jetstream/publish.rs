@@ -140,42 +140,85 @@ fn memchr_newline(s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == b'\n')
 }
 
-/// Runs `pipe publish`; returns the exit code (0 ok, 1 failed, 2 usage).
-pub fn run(args: PublishArgs) -> u8 {
-    match publish(&args) {
-        Ok(()) => 0,
-        Err((code, e)) => {
-            tracing::error!("{e:#}");
-            code
-        }
+/// Why `pipe publish` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// `--to` does not parse.
+    #[error(transparent)]
+    Address(JetStreamError),
+    /// `--batch-size 0`.
+    #[error("--batch-size must be at least 1")]
+    BatchSize,
+    /// Nothing to do.
+    #[error(
+        "name files to publish (`-` for stdin), or --create-stream NAME to only create the stream"
+    )]
+    Nothing,
+    /// Connecting, or checking or creating the stream.
+    #[error(transparent)]
+    JetStream(#[from] JetStreamError),
+    /// An input could not be read.
+    #[error("cannot read {input}: {source}")]
+    Read {
+        /// The input (`-`: stdin).
+        input: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No stream takes the subject.
+    #[error(
+        "no JetStream stream on {server} takes subject `{subject}`: create one with --create-stream NAME"
+    )]
+    NoStream {
+        /// The server.
+        server: String,
+        /// The subject.
+        subject: String,
+    },
+    /// The server refused a message.
+    #[error(transparent)]
+    Publish(crate::run::RunError),
+}
+
+impl PublishError {
+    /// Whether the command line was at fault (exit 2) rather than the work (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Address(_) | PublishError::BatchSize | PublishError::Nothing
+        )
     }
 }
 
-fn publish(args: &PublishArgs) -> Result<(), (u8, anyhow::Error)> {
-    let usage = |e: anyhow::Error| (2, e);
-    let to: SubjectUrl = args
-        .to
-        .parse()
-        .map_err(|e: JetStreamError| usage(e.into()))?;
+/// What was published.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// Records.
+    pub records: usize,
+    /// Messages stored by the stream.
+    pub messages: u64,
+    /// Inputs read.
+    pub inputs: usize,
+}
+
+/// Runs `pipe publish`: every input split into messages, each stored by the stream
+/// before this returns.
+pub fn run(args: &PublishArgs) -> Result<Published, PublishError> {
+    let to: SubjectUrl = args.to.parse().map_err(PublishError::Address)?;
     if args.batch_size == 0 {
-        return Err(usage(anyhow::anyhow!("--batch-size must be at least 1")));
+        return Err(PublishError::BatchSize);
     }
     if args.files.is_empty() && args.create_stream.is_none() {
-        return Err(usage(anyhow::anyhow!(
-            "name files to publish (`-` for stdin), or --create-stream NAME to only create the stream"
-        )));
+        return Err(PublishError::Nothing);
     }
     let (fatal_tx, fatal_rx) = unbounded();
-    let bridge =
-        Bridge::connect(&to.server, args.creds.as_deref(), fatal_tx).map_err(|e| (1, e.into()))?;
+    let bridge = Bridge::connect(&to.server, args.creds.as_deref(), fatal_tx)?;
     if let Some(stream) = &args.create_stream {
-        bridge
-            .check_stream(stream, &to.subject, true)
-            .map_err(|e| (1, e.into()))?;
+        bridge.check_stream(stream, &to.subject, true)?;
     }
-    let (mut records, mut messages) = (0usize, 0usize);
+    let mut records = 0usize;
     for name in &args.files {
-        let data = read_input(name).map_err(|e| (1, e))?;
+        let data = read_input(name)?;
         let format = args
             .format
             .or_else(|| {
@@ -194,10 +237,9 @@ fn publish(args: &PublishArgs) -> Result<(), (u8, anyhow::Error)> {
         for c in chunks {
             if let Ok(e) = fatal_rx.try_recv() {
                 bridge.close();
-                return Err((1, explain(e, &to)));
+                return Err(explain(e, &to));
             }
             records += c.records;
-            messages += 1;
             bridge.publish(PublishJob {
                 subject: to.subject.clone(),
                 msg_id: None,
@@ -213,43 +255,39 @@ fn publish(args: &PublishArgs) -> Result<(), (u8, anyhow::Error)> {
     }
     let closed = bridge.close();
     if let Ok(e) = fatal_rx.try_recv() {
-        return Err((1, explain(e, &to)));
+        return Err(explain(e, &to));
     }
-    if !args.files.is_empty() {
-        tracing::info!(
-            "published {records} records in {} messages from {} inputs to {to}",
-            closed.published,
-            args.files.len()
-        );
-    }
-    debug_assert_eq!(closed.published as usize, messages);
-    Ok(())
+    Ok(Published {
+        records,
+        messages: closed.published,
+        inputs: args.files.len(),
+    })
 }
 
 /// A publish error, with what to do when no stream takes the subject.
-fn explain(e: crate::error::RunError, to: &SubjectUrl) -> anyhow::Error {
+fn explain(e: crate::run::RunError, to: &SubjectUrl) -> PublishError {
     let text = e.to_string();
     if text.contains("no responders") || text.contains("no stream found") {
-        anyhow::anyhow!(
-            "no JetStream stream on {} takes subject `{}`: create one with --create-stream NAME",
-            to.server,
-            to.subject
-        )
+        PublishError::NoStream {
+            server: to.server.clone(),
+            subject: to.subject.clone(),
+        }
     } else {
-        anyhow::anyhow!(text)
+        PublishError::Publish(e)
     }
 }
 
-fn read_input(name: &str) -> anyhow::Result<Vec<u8>> {
-    let mut data = Vec::new();
-    if name == "-" {
-        std::io::stdin()
-            .read_to_end(&mut data)
-            .map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
+fn read_input(name: &str) -> Result<Vec<u8>, PublishError> {
+    let read = if name == "-" {
+        let mut data = Vec::new();
+        std::io::stdin().read_to_end(&mut data).map(|_| data)
     } else {
-        data = std::fs::read(name).map_err(|e| anyhow::anyhow!("cannot read {name}: {e}"))?;
-    }
-    Ok(data)
+        std::fs::read(name)
+    };
+    read.map_err(|source| PublishError::Read {
+        input: name.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use pipe_sdk::Batch;
 use super::client::{Bridge, Closed, PublishJob};
 use super::source::AckTracker;
 use super::{HEADER_FORMAT, HEADER_INPUT, HEADER_LINE};
-use crate::deadletter::DeadLetter;
-use crate::error::RunError;
+use crate::run::deadletter::DeadLetter;
+use crate::run::RunError;
 
 /// Written messages are acked at the latest when this many wait for a flush: a sink that
 /// never runs dry would otherwise hold them until the end (and the source, which pulls

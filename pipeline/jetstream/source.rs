@@ -21,7 +21,7 @@
 //! errors name `orders.csv:5003`, not `message 17, line 3`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,9 +32,10 @@ use pipe_sdk::Batch;
 use super::client::{Bridge, Delivery, Event};
 use super::config::JetStreamInput;
 use crate::config::Policy;
-use crate::deadletter::DeadLetter;
-use crate::error::RunError;
-use crate::stats::RunStats;
+use crate::run::deadletter::DeadLetter;
+use crate::run::policy::{self, Culprit, Tally};
+use crate::run::RunError;
+use crate::run::RunStats;
 
 /// With `stop_when_empty`, how long no message must arrive before the source asks the
 /// server whether the work is over (and how often it asks while idle).
@@ -125,8 +126,8 @@ pub struct SourceJob {
     pub tx: Sender<Batch>,
     /// Written batches back from the sink, for reuse.
     pub pool: Receiver<Batch>,
-    /// Set when the run is interrupted: pull no more.
-    pub stop: Arc<AtomicBool>,
+    /// True once the run is interrupted: pull no more.
+    pub stop: Box<dyn Fn() -> bool + Send>,
 }
 
 impl SourceJob {
@@ -139,7 +140,7 @@ impl SourceJob {
         let mut last_message = Instant::now();
         let mut last_check = Instant::now();
         let result = loop {
-            if self.stop.load(Relaxed) {
+            if (self.stop)() {
                 break Ok(());
             }
             match self.events.recv_timeout(IDLE) {
@@ -152,13 +153,13 @@ impl SourceJob {
                     }
                 }
                 Ok(Event::Failed(why)) => {
-                    break Err(RunError::Io {
-                        what: format!(
+                    break Err(RunError::io(
+                        format!(
                             "reading stream `{}` on {}",
                             self.input.stream, self.bridge.url
                         ),
-                        message: why,
-                    })
+                        std::io::Error::other(why),
+                    ))
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break Ok(()),
@@ -217,9 +218,11 @@ impl SourceJob {
             batch.clear();
             let more = reader
                 .read_batch(&mut batch, usize::MAX, bad)
-                .map_err(|e| RunError::Io {
-                    what: format!("reading message {} of stream `{}`", d.stream_seq, d.stream),
-                    message: e.to_string(),
+                .map_err(|e| {
+                    RunError::io(
+                        format!("reading message {} of stream `{}`", d.stream_seq, d.stream),
+                        e,
+                    )
                 })?;
             if !batch.is_empty() || (batches.is_empty() && batch.width() > 0) {
                 batches.push(batch);
@@ -254,31 +257,27 @@ impl SourceJob {
             if b.pos.line > 0 {
                 b.pos.line += shift;
             }
-            match self.policy {
-                Policy::Fail => {
-                    self.bridge.nak(d.id);
-                    return Err(RunError::BadInput {
-                        input: input_name,
-                        line: b.pos.line,
-                        reason: format!(
-                            "{} (message {} of stream `{}`; it is redelivered, so set on_bad_input = \"dead-letter\" for streams)",
-                            b.reason, d.stream_seq, d.stream
-                        ),
-                    });
-                }
-                Policy::Skip => {
-                    self.stats.source.skipped.fetch_add(1, Relaxed);
-                }
-                Policy::DeadLetter => {
-                    self.dead
-                        .write("source", &b.reason, b.pos, &b.raw.to_string())
-                        .map_err(|e| RunError::Io {
-                            what: "writing the dead-letter file".into(),
-                            message: e.to_string(),
-                        })?;
-                    self.stats.source.dead_lettered.fetch_add(1, Relaxed);
-                }
-            }
+            // Under `fail` the run stops, the message is NAKed and comes back: to the
+            // next instance, which stops too. Streams want `skip` or `dead-letter`.
+            let reason = match self.policy {
+                Policy::Fail => format!(
+                    "{} (message {} of stream `{}`, which is redelivered: set on_bad_input = \"dead-letter\" for streams)",
+                    b.reason, d.stream_seq, d.stream
+                ),
+                _ => b.reason.clone(),
+            };
+            policy::apply(
+                self.policy,
+                Culprit::Source,
+                b.pos,
+                &reason,
+                || b.raw.to_string(),
+                &self.dead,
+                Tally {
+                    skipped: &self.stats.source.skipped,
+                    dead_lettered: &self.stats.source.dead_lettered,
+                },
+            )?;
         }
         if d.delivered > 1 {
             tracing::debug!(

@@ -67,10 +67,26 @@ pub struct BadRecord {
     pub pos: Pos,
     /// What is wrong with it.
     pub reason: String,
+    /// Which kind of trouble, for a caller that must tell them apart without reading
+    /// `reason`.
+    pub kind: BadKind,
     /// The record as far as it could be read, as JSON: a string (a JSON line's text) or
     /// an array of strings (a CSV row's fields). Invalid UTF-8 is replaced by U+FFFD. A
     /// record too large to hold in a batch is not copied: `null` or an empty array.
     pub raw: serde_json::Value,
+}
+
+/// Which kind of bad record: one record, or a whole CSV input lost to its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BadKind {
+    /// This record could not be read; the next may be fine.
+    Record,
+    /// The CSV header line itself could not be read.
+    Header,
+    /// A record of a CSV input whose header could not be read: none of its records can
+    /// be.
+    NoHeader,
 }
 
 /// Reads records into batches.
@@ -289,6 +305,7 @@ impl<R: Read> CsvReader<R> {
             bad.push(BadRecord {
                 pos,
                 reason: reason.clone(),
+                kind: BadKind::Header,
                 raw: self.raw_fields(),
             });
             self.header_error = Some(reason);
@@ -353,21 +370,25 @@ impl<R: Read + Send> Reader for CsvReader<R> {
             taken += 1;
             let unterminated = if fresh { self.unterminated() } else { None };
             let reason = if let Some(reason) = unterminated {
-                Some(reason)
+                Some((reason, BadKind::Record))
             } else if let Some(e) = &self.header_error {
-                Some(format!("no usable header: {e}"))
+                Some((format!("no usable header: {e}"), BadKind::NoHeader))
             } else if self.record.len() != width {
-                Some(format!(
-                    "expected {width} fields as in the header, found {}",
-                    self.record.len()
+                Some((
+                    format!(
+                        "expected {width} fields as in the header, found {}",
+                        self.record.len()
+                    ),
+                    BadKind::Record,
                 ))
             } else {
                 None
             };
-            if let Some(reason) = reason {
+            if let Some((reason, kind)) = reason {
                 bad.push(BadRecord {
                     pos,
                     reason,
+                    kind,
                     raw: self.raw_fields(),
                 });
                 continue;
@@ -382,6 +403,7 @@ impl<R: Read + Send> Reader for CsvReader<R> {
                 bad.push(BadRecord {
                     pos,
                     reason: too_large(bytes.len()),
+                    kind: BadKind::Record,
                     raw: serde_json::Value::Array(Vec::new()),
                 });
                 continue;
@@ -398,6 +420,7 @@ impl<R: Read + Send> Reader for CsvReader<R> {
                     bad.push(BadRecord {
                         pos,
                         reason: "invalid UTF-8 in a field".into(),
+                        kind: BadKind::Record,
                         raw: csv_raw_fields(rec),
                     });
                 }
@@ -413,6 +436,7 @@ impl<R: Read + Send> Reader for CsvReader<R> {
                     bad.push(BadRecord {
                         pos,
                         reason: format!("invalid UTF-8 in field `{name}`"),
+                        kind: BadKind::Record,
                         raw: csv_raw_fields(rec),
                     });
                 }
@@ -998,6 +1022,7 @@ impl<R: BufRead + Buffered + Send> Reader for JsonlReader<R> {
                 Err(reason) => bad.push(BadRecord {
                     pos,
                     reason,
+                    kind: BadKind::Record,
                     raw: if line.len() > RECORD_BYTES {
                         serde_json::Value::Null
                     } else {

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use pipe_sdk::codec::Format;
 
-use crate::engine::{self, Outcome, RunOptions};
-use crate::stats::Snapshot;
+use crate::config::RunOptions;
+use crate::run::Snapshot;
+use crate::run::{self, Outcome};
 
 /// Which hand-written loop to compare with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -172,8 +173,8 @@ pub fn bench(
         tmp = tempfile_path(format)?;
         let mut f = io::BufWriter::new(File::create(&tmp.0)?);
         match format {
-            Format::Csv => crate::generate::orders_csv(&mut f, opts.records, 42)?,
-            Format::Jsonl => crate::generate::orders_jsonl(&mut f, opts.records, 42)?,
+            Format::Csv => crate::tools::generate::orders_csv(&mut f, opts.records, 42)?,
+            Format::Jsonl => crate::tools::generate::orders_jsonl(&mut f, opts.records, 42)?,
         }
         f.flush()?;
         vec![tmp.0.clone()]
@@ -207,7 +208,7 @@ pub fn bench(
             ..RunOptions::default()
         };
         let t = Instant::now();
-        let report = engine::run(plan.clone(), run_opts)?;
+        let report = run::run(plan.clone(), run_opts)?;
         let el = t.elapsed();
         if let Outcome::Failed(e) = report.outcome {
             return Err(Box::new(e));

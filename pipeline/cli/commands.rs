@@ -1,34 +1,28 @@
-//! The subcommands besides `run`'s engine: planning a run from the command line,
-//! `pipe check` and `pipe stages`, and the one way errors are printed.
+//! The subcommands besides `pipe run`: planning a run from the command line, `pipe
+//! check`, `pipe stages`, `pipe publish`, and the tools (bench, generate, new, test, completions, man).
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{
+use super::args::{
     BenchArgs, CheckArgs, CompletionsArgs, GenerateArgs, GenerateKind, NewArgs, StagesArgs,
     TestArgs,
 };
+use super::exit::{fail, Exit};
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
-use crate::engine;
 use crate::loader::{self, Plugin};
-
-/// Prints `error` as `pipe: error: ...` and returns `code`.
-pub fn fail(code: u8, error: &dyn Display) -> u8 {
-    eprintln!("pipe: error: {error}");
-    code
-}
+use crate::tools;
 
 /// Writes to stdout. `Err(code)` when it cannot: a reader that went away (`pipe stages |
 /// head -1`) ends the command quietly with 0, as in `pipe run`; any other failure is an
 /// error (1). `println!` would panic on a closed pipe (loading.rs:
 /// `listings_to_a_closed_stdout_end_quietly`).
-fn print_out(text: std::fmt::Arguments<'_>) -> Result<(), u8> {
+fn print_out(text: std::fmt::Arguments<'_>) -> Result<(), Exit> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_fmt(text).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(0),
-        Err(e) => Err(fail(1, &format!("cannot write to stdout: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Exit::Ok),
+        Err(e) => Err(fail(Exit::Failed, &format!("cannot write to stdout: {e}"))),
     }
 }
 
@@ -56,8 +50,27 @@ pub fn plan_run(
     Ok((cfg.plan(&path, &name)?, files))
 }
 
+/// `pipe publish`: files into batch messages on a JetStream subject.
+pub fn publish(args: crate::jetstream::publish::PublishArgs) -> Exit {
+    match crate::jetstream::publish::run(&args) {
+        Ok(p) if p.inputs > 0 => {
+            tracing::info!(
+                "published {} records in {} messages from {} inputs to {}",
+                p.records,
+                p.messages,
+                p.inputs,
+                args.to
+            );
+            Exit::Ok
+        }
+        Ok(_) => Exit::Ok,
+        Err(e) if e.is_usage() => fail(Exit::Usage, &e),
+        Err(e) => fail(Exit::Failed, &e),
+    }
+}
+
 /// `pipe check`: loads every stage of the pipeline with its config.
-pub fn check(args: CheckArgs) -> u8 {
+pub fn check(args: CheckArgs) -> Exit {
     let path = config_path(args.config.as_deref());
     let plan = PipelinesConfig::load(&path).and_then(|cfg| {
         let name = cfg.select(&path, args.pipeline.as_deref())?;
@@ -65,13 +78,13 @@ pub fn check(args: CheckArgs) -> u8 {
     });
     let plan = match plan {
         Ok(p) => p,
-        Err(e) => return fail(1, &e),
+        Err(e) => return fail(Exit::Failed, &e),
     };
     // What `pipe run` refuses must not pass the check (faults.rs:
     // pipe_check_reports_a_dead_letter_policy_without_a_file).
     if plan.needs_dead_letter() && plan.dead_letter.is_none() {
         return fail(
-            1,
+            Exit::Failed,
             &format!(
                 "pipeline `{}` sends records to the dead letter, but no file is set: add \
                  `dead_letter = \"rejects.jsonl\"` to the pipeline or pass --dead-letter FILE \
@@ -80,9 +93,9 @@ pub fn check(args: CheckArgs) -> u8 {
             ),
         );
     }
-    let setups = match engine::prepare(&plan.stages, engine::log_stderr) {
+    let setups = match crate::run::prepare(&plan.stages, crate::run::log_stderr) {
         Ok(s) => s,
-        Err(e) => return fail(1, &e),
+        Err(e) => return fail(Exit::Failed, &e),
     };
     outln!(
         "pipeline `{}`{}: {} stage{}, ok",
@@ -105,11 +118,11 @@ pub fn check(args: CheckArgs) -> u8 {
             s.plugin.path.display()
         );
     }
-    0
+    Exit::Ok
 }
 
 /// `pipe stages`: every plugin file in the search directories, loaded and checked.
-pub fn stages(args: StagesArgs) -> u8 {
+pub fn stages(args: StagesArgs) -> Exit {
     let mut dirs: Vec<PathBuf> = args.dirs.clone();
     let path = config_path(args.config.as_deref());
     if let Ok(cfg) = PipelinesConfig::load(&path) {
@@ -172,65 +185,65 @@ pub fn stages(args: StagesArgs) -> u8 {
             "pipe: no plugins found; build them with `cargo build --release` or set \
              settings.plugin_dir"
         );
-        return 1;
+        return Exit::Failed;
     }
     let _ = loader::libraries_mapped();
     if broken > 0 {
-        1
+        Exit::Failed
     } else {
-        0
+        Exit::Ok
     }
 }
 
 /// `pipe bench`.
-pub fn bench(args: BenchArgs) -> u8 {
+pub fn bench(args: BenchArgs) -> Exit {
     let (plan, files) = match plan_run(args.config.as_deref(), &args.args) {
         Ok(p) => p,
-        Err(e) => return fail(2, &e),
+        Err(e) => return fail(Exit::Usage, &e),
     };
-    let opts = crate::bench::BenchOptions {
+    let opts = tools::bench::BenchOptions {
         files: files.iter().map(PathBuf::from).collect(),
         records: args.records,
         runs: args.runs,
         baseline: args.baseline,
         workers: args.workers,
     };
-    match crate::bench::bench(plan, opts) {
+    match tools::bench::bench(plan, opts) {
         Ok(r) => {
             if args.json {
                 outln!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 outln!("{}", r.table().trim_end());
             }
-            0
+            Exit::Ok
         }
-        Err(e) => fail(1, &e),
+        Err(e) => fail(Exit::Failed, &e),
     }
 }
 
 /// `pipe generate`.
-pub fn generate(args: GenerateArgs) -> u8 {
+pub fn generate(args: GenerateArgs) -> Exit {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let r = match args.kind {
-        GenerateKind::OrdersCsv => crate::generate::orders_csv(&mut out, args.records, args.seed),
+        GenerateKind::OrdersCsv => tools::generate::orders_csv(&mut out, args.records, args.seed),
         GenerateKind::OrdersJsonl => {
-            crate::generate::orders_jsonl(&mut out, args.records, args.seed)
+            tools::generate::orders_jsonl(&mut out, args.records, args.seed)
         }
         GenerateKind::EventsJsonl => {
-            crate::generate::events_jsonl(&mut out, args.records, args.seed)
+            tools::generate::events_jsonl(&mut out, args.records, args.seed)
         }
     };
     match r {
-        Ok(()) => 0,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
-        Err(e) => fail(1, &e),
+        Ok(()) => Exit::Ok,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
+        Err(e) => fail(Exit::Failed, &e),
     }
 }
 
 /// `pipe new`.
-pub fn new_stage(args: NewArgs) -> u8 {
-    match crate::scaffold::new_stage(&args.root, &args.name) {
+pub fn new_stage(args: NewArgs) -> Exit {
+    match tools::scaffold::new_stage(&args.root, &args.name) {
         Ok(dir) => {
             println!(
                 "created {} (package stage-{}), registered in the workspace.\n\
@@ -240,37 +253,37 @@ pub fn new_stage(args: NewArgs) -> u8 {
                 args.name,
                 args.name
             );
-            0
+            Exit::Ok
         }
-        Err(e) => fail(2, &e),
+        Err(e) => fail(Exit::Usage, &e),
     }
 }
 
 /// `pipe test`.
-pub fn test(args: TestArgs) -> u8 {
+pub fn test(args: TestArgs) -> Exit {
     let config = config_path(args.config.as_deref());
-    match crate::testfile::run_files(&config, &args.files) {
-        Ok(s) if s.failed == 0 => 0,
-        Ok(_) => 1,
-        Err(e) => fail(2, &e),
+    match tools::testfile::run_files(&config, &args.files) {
+        Ok(s) if s.failed == 0 => Exit::Ok,
+        Ok(_) => Exit::Failed,
+        Err(e) => fail(Exit::Usage, &e),
     }
 }
 
 /// `pipe completions SHELL`: generated from the clap definition.
-pub fn completions(args: CompletionsArgs) -> u8 {
+pub fn completions(args: CompletionsArgs) -> Exit {
     use clap::CommandFactory;
-    let mut cmd = crate::cli::Cli::command();
+    let mut cmd = super::Cli::command();
     clap_complete::generate(args.shell, &mut cmd, "pipe", &mut std::io::stdout());
-    0
+    Exit::Ok
 }
 
 /// `pipe man`: the man page, generated from the clap definition.
-pub fn man() -> u8 {
+pub fn man() -> Exit {
     use clap::CommandFactory;
-    let cmd = crate::cli::Cli::command();
+    let cmd = super::Cli::command();
     match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-        Ok(()) => 0,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
-        Err(e) => fail(1, &e),
+        Ok(()) => Exit::Ok,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
+        Err(e) => fail(Exit::Failed, &e),
     }
 }

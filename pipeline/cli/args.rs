@@ -120,7 +120,7 @@ pub struct BenchArgs {
     pub runs: usize,
     /// The bare loop to compare with.
     #[arg(long, value_enum, default_value = "copy")]
-    pub baseline: crate::bench::Baseline,
+    pub baseline: crate::tools::bench::Baseline,
     /// Worker threads for every stateless stage.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,

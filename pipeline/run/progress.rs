@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::stats::RunStats;
+use super::stats::RunStats;
 
 /// A live progress display.
 pub struct Progress {

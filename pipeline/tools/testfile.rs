@@ -35,8 +35,9 @@ use std::path::{Path, PathBuf};
 use pipe_sdk::codec::Format;
 use serde::Deserialize;
 
+use crate::config::RunOptions;
 use crate::config::{PipelinesConfig, Policy, StageConfig};
-use crate::engine::{self, Outcome, RunOptions};
+use crate::run::{self, Outcome};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,7 +154,7 @@ fn run_case(
     let output = dir.join(format!("output.{output_format}"));
     let dead = dir.join("rejects.jsonl");
     std::fs::write(&input, &case.input).map_err(|e| e.to_string())?;
-    let report = engine::run(
+    let report = run::run(
         plan,
         RunOptions {
             inputs: vec![input.display().to_string()],

@@ -1,4 +1,5 @@
-//! Errors that end a run, each saying what happened, where, and what to do.
+//! Errors that end a run, each saying what happened, where, and what to do. The
+//! `io::Error` of a failed read or write is kept as the source, not flattened to text.
 
 /// A run that cannot go on (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +84,50 @@ pub enum RunError {
         message: String,
     },
     /// Reading, writing or the dead-letter file failed.
-    #[error("{what}: {message}")]
+    #[error("{what}: {source}")]
     Io {
-        /// What was being done.
+        /// What was being done, and on which file.
         what: String,
-        /// The OS's words.
-        message: String,
+        /// The OS's error.
+        #[source]
+        source: std::io::Error,
     },
     /// Output rows do not fit the output format.
-    #[error("cannot write the output: {0}")]
-    Output(String),
+    #[error("cannot write the output: {message}")]
+    Output {
+        /// What does not fit, and which record.
+        message: String,
+    },
+    /// A host thread could not be started.
+    #[error("cannot start the {thread} thread: {source}")]
+    Spawn {
+        /// The thread's name.
+        thread: String,
+        /// The OS's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host thread panicked: a bug in `pipe`, never a normal end of the stream.
+    #[error(
+        "the {thread} thread died ({message}); the output is incomplete and was not \
+         committed. This is a bug in pipe: please report it"
+    )]
+    ThreadDied {
+        /// The thread's name.
+        thread: String,
+        /// The panic's message.
+        message: String,
+    },
+}
+
+impl RunError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> RunError {
+        RunError::Io {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 /// Which record a stage failed on. A record a stage made (in `finish`, say) has no input
