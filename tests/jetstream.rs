@@ -651,3 +651,70 @@ fn a_stream_input_refuses_an_output_file_that_appears_only_at_the_end() {
     );
     assert!(!Path::new(&sb.path("out.csv")).exists());
 }
+
+#[test]
+fn progress_acks_keep_slow_messages_from_being_redelivered() {
+    plugins();
+    let nats = NatsServer::start();
+    // A 300 ms ack wait and a stage taking 100 ms a batch: with 16 messages held, the
+    // last waits about 1.6 s, five ack waits. Without progress acks the server would
+    // deliver them again (read > 2000, duplicates dropped).
+    let sb = Sandbox::with_config(&config(
+        &nats.url,
+        ", ack_wait_ms = 300, max_in_flight = 16",
+        &slow_filter(100),
+    ));
+    orders(&sb, 2000, "");
+    publish(&sb, &nats.url, 100);
+    create_output_stream(&sb, &nats.url);
+    let r = ok(run(&sb, &["run", "work", "--stats=json"]));
+    r.assert_balanced();
+    assert_eq!(
+        stat(&r, "read"),
+        2000,
+        "messages were delivered again: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("20 published, 0 of them dropped as duplicates"),
+        "{}",
+        r.stderr
+    );
+    let out = ok(run(&sb, &["run", "collect"])).stdout;
+    assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
+}
+
+#[test]
+fn input_and_output_on_different_servers() {
+    plugins();
+    let input = NatsServer::start();
+    let output = NatsServer::start();
+    // `work` reads from the first server and writes to the second: the input messages
+    // are acked on the first as the second stores the output.
+    let text = config(&input.url, "", FILTER).replacen(
+        &format!("output = {{ nats = \"{}\"", input.url),
+        &format!("output = {{ nats = \"{}\"", output.url),
+        1,
+    );
+    let text = text.replace(
+        &format!("input = {{ nats = \"{}\", stream = \"OUT\"", input.url),
+        &format!("input = {{ nats = \"{}\", stream = \"OUT\"", output.url),
+    );
+    let sb = Sandbox::with_config(&text);
+    orders(&sb, 1000, "");
+    publish(&sb, &input.url, 100);
+    create_output_stream(&sb, &output.url);
+    let r = ok(run(&sb, &["run", "work", "--stats=json"]));
+    r.assert_balanced();
+    assert!(
+        r.stderr.contains("10 messages acked, 0 returned"),
+        "{}",
+        r.stderr
+    );
+    // Acked on the input server: a second run finds nothing left.
+    let again = ok(run(&sb, &["run", "work", "--stats=json"]));
+    assert_eq!(stat(&again, "read"), 0, "{}", again.stderr);
+    let out = ok(run(&sb, &["run", "collect"])).stdout;
+    assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
+}

@@ -428,8 +428,13 @@ impl Io {
     async fn serve(&mut self, cmd: &mut mpsc::UnboundedReceiver<Command>) {
         let mut pull: Option<(jetstream::consumer::pull::Batch, usize)> = None;
         let mut publishes: FuturesUnordered<PublishFuture> = FuturesUnordered::new();
-        let mut progress = tokio::time::interval(Duration::from_millis(250));
+        let mut period = progress_period(self.ack_wait);
+        let mut progress = tokio::time::interval(period);
         loop {
+            if progress_period(self.ack_wait) != period {
+                period = progress_period(self.ack_wait);
+                progress = tokio::time::interval(period);
+            }
             self.top_up(&mut pull).await;
             tokio::select! {
                 c = cmd.recv() => {
@@ -799,6 +804,14 @@ impl Io {
         }
         let _ = self.client.flush().await;
     }
+}
+
+/// How often held messages are looked at for a progress ack. A message gets one once
+/// held half the ack wait, so it is acked (or progress-acked) at the latest after
+/// 1/2 + 1/4 of the ack wait, with a quarter to spare for the network and the server's
+/// clock (progress_acks_keep_slow_messages_from_being_redelivered).
+fn progress_period(ack_wait: Duration) -> Duration {
+    (ack_wait / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
 }
 
 async fn next_message(
