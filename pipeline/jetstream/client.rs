@@ -4,11 +4,12 @@
 //!
 //! Why one thread and not a runtime for the whole program: the host's threads block on
 //! crossbeam channels by design (backpressure, markers); only the broker needs async. The
-//! I/O thread never blocks on the host: it sends to unbounded channels whose length the
-//! host bounds by asking for messages only while it has room (`Pull { max }`) and by
-//! taking a publish permit before each publish (see [`Bridge::publish`]). So the I/O
-//! thread can always take the next command, acks and progress acks never wait behind
-//! data, and no cycle of full channels can form between it and the sink.
+//! I/O thread never blocks on the host: it sends to unbounded channels whose length is
+//! bounded all the same, since it pulls only while the host holds fewer than
+//! `max_in_flight` messages ([`Bridge::pull`]) and the sink takes a publish permit before
+//! each publish ([`Bridge::publish`]). So the I/O thread can always take the next
+//! command, acks and progress acks never wait behind data, and no cycle of full channels
+//! can form between it and the sink.
 //!
 //! The I/O thread owns every delivered message's acker. The host names a message by the
 //! bridge's id for it, and the thread keeps each one alive with progress acks while the

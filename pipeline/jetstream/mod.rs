@@ -24,10 +24,10 @@
 //! record arrives once. How the host keeps a batch and its message together through the
 //! chain is in `source`'s docs.
 //!
-//! The engine calls in at five points: [`plan_inputs`] (the run's input names),
-//! [`JetStreamRun::start`] (checks, connect), [`JetStreamRun::take_source`] (the reader
-//! thread), the tracker in the feeder ([`source::AckTracker::fed`]) and the sink
-//! ([`sink::AckingSink`]).
+//! The run calls in at five points: [`resolve_inputs`] (the run's input names, from
+//! `config::RunPlan::resolve`), [`JetStreamRun::start`] (checks, connect),
+//! [`JetStreamRun::take_source`] (the reader thread), the tracker in the feeder
+//! ([`source::AckTracker::fed`]) and the sink ([`sink::AckingSink`]).
 
 pub mod client;
 pub mod config;
@@ -57,6 +57,10 @@ pub const HEADER_INPUT: &str = "Pipe-Input";
 pub const HEADER_LINE: &str = "Pipe-Line";
 /// Header with the body's format, `csv` or `jsonl`.
 pub const HEADER_FORMAT: &str = "Pipe-Format";
+/// Header of an output message: the input and line of the input message it came from
+/// (for people; a worker reading the output stream names records by the output
+/// message, since a filtered batch's records no longer sit on consecutive lines).
+pub const HEADER_SOURCE: &str = "Pipe-Source";
 
 /// Why a stream could not be used: what, where, and what to do.
 #[derive(Debug, thiserror::Error)]

@@ -25,9 +25,8 @@ use pipe_sdk::Batch;
 
 use super::client::{Bridge, Closed, PublishJob};
 use super::source::AckTracker;
-use super::{HEADER_FORMAT, HEADER_INPUT, HEADER_LINE};
+use super::{HEADER_FORMAT, HEADER_SOURCE};
 use crate::run::deadletter::DeadLetter;
-use crate::run::RunError;
 
 /// Written messages are acked at the latest when this many wait for a flush: a sink that
 /// never runs dry would otherwise hold them until the end (and the source, which pulls
@@ -114,10 +113,7 @@ impl AckingSink {
             };
             let mut headers = vec![(HEADER_FORMAT, out.format.to_string())];
             if let Some(t) = &tag {
-                headers.push((HEADER_INPUT, t.input.to_string()));
-                if let Some(first) = batch.rows().next() {
-                    headers.push((HEADER_LINE, first.pos().line.to_string()));
-                }
+                headers.push((HEADER_SOURCE, format!("{}:{}", t.input, t.line)));
             }
             out.bridge.publish(PublishJob {
                 subject: out.subject.clone(),
@@ -163,10 +159,11 @@ impl AckingSink {
 
     /// The end of a run that wrote everything it took: acks what is left, waits for the
     /// output stream to store every message, and closes the connections (NAKing what
-    /// was never written, as after a signal). `Err` when a publish failed.
-    pub fn finish(mut self) -> Result<Summary, RunError> {
+    /// was never written, as after a signal). A publish that failed meanwhile is on the
+    /// run's fatal channel.
+    pub fn finish(mut self) -> Summary {
         self.flushed();
-        Ok(self.close())
+        self.close()
     }
 
     fn close(&mut self) -> Summary {

@@ -57,7 +57,7 @@ pub struct BatchTag {
     pub stream_seq: u64,
     /// The input its records came from (`Pipe-Input`).
     pub input: Arc<str>,
-    /// The line of the message's first record in that input.
+    /// The line of the message's first record in that input (`Pipe-Line`; 0 unknown).
     pub line: u64,
 }
 
