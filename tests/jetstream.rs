@@ -233,6 +233,28 @@ impl Worker {
         w
     }
 
+    /// Waits for a stderr line containing `needle`; panics after `secs`.
+    fn expect_line(&mut self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?} in {secs} s:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY: a plain kill(2) on our own child's pid.
         unsafe {
@@ -715,6 +737,30 @@ fn input_and_output_on_different_servers() {
     // Acked on the input server: a second run finds nothing left.
     let again = ok(run(&sb, &["run", "work", "--stats=json"]));
     assert_eq!(stat(&again, "read"), 0, "{}", again.stderr);
+    let out = ok(run(&sb, &["run", "collect"])).stdout;
+    assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
+}
+
+#[test]
+fn a_reload_that_brings_a_stateful_stage_onto_a_shared_stream_is_refused() {
+    plugins();
+    let nats = NatsServer::start();
+    let sb = Sandbox::with_config(&config(&nats.url, "", &slow_filter(50)));
+    orders(&sb, 4000, "");
+    publish(&sb, &nats.url, 100);
+    create_output_stream(&sb, &nats.url);
+    let mut w = Worker::start(&sb, &["run", "work", "--stats=json"]);
+    // The start-time refusal must hold for a stage added while the run goes on.
+    let edited = sb.read("pipelines.toml").replace(
+        "[pipelines.local]",
+        "[[pipelines.work.stages]]\nplugin = \"dedup\"\nconfig = { key = [\"id\"] }\n\n[pipelines.local]",
+    );
+    sb.write("pipelines.toml", edited);
+    let line = w.expect_line("config change ignored", 30);
+    assert!(line.contains("stage `dedup` is stateful"), "{line}");
+    let r = w.wait(60);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.assert_balanced();
     let out = ok(run(&sb, &["run", "collect"])).stdout;
     assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
 }

@@ -185,6 +185,27 @@ pub fn resolve_inputs(
     Ok(Some(vec![format!("{}/{}", input.url, input.stream)]))
 }
 
+/// Refuses stateful stage `stage` in a pipeline that reads a stream: the consumer is
+/// shared, so each instance would see only part of the keys, and a redelivered message
+/// would be seen twice. Checked at start and at every reload that brings a stage in.
+pub fn check_stateful(
+    plan: &PipelinePlan,
+    stage: &str,
+    stateful: bool,
+) -> Result<(), JetStreamError> {
+    match &plan.jetstream.input {
+        Some(input) if stateful => Err(JetStreamError::Refused(format!(
+            "stage `{stage}` is stateful, and pipeline `{}` reads stream `{}` through \
+             consumer `{}`, which every instance shares: each instance would see only part \
+             of the keys, and a redelivered message would be seen twice. Run stateful \
+             stages in one `pipe run` that reads the shared pipeline's output stream, or \
+             remove the stage",
+            plan.name, input.stream, input.durable
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A run's JetStream side between start and the threads taking their parts.
 pub struct JetStreamRun {
     /// For the feeder, when the input is a stream.
@@ -208,17 +229,8 @@ impl JetStreamRun {
         if ep.input.is_none() && ep.output.is_none() {
             return Ok(None);
         }
-        if let Some(input) = &ep.input {
-            if let Some(s) = setups.iter().find(|s| s.plugin.manifest.stateful) {
-                return Err(JetStreamError::Refused(format!(
-                    "stage `{}` is stateful, and pipeline `{}` reads stream `{}` through \
-                     consumer `{}`, which every instance shares: each instance would see \
-                     only part of the keys, and a redelivered message would be seen twice. \
-                     Run stateful stages in one `pipe run` that reads the shared \
-                     pipeline's output stream, or remove the stage",
-                    s.spec.name, plan.name, input.stream, input.durable
-                )));
-            }
+        for s in setups {
+            check_stateful(plan, &s.spec.name, s.plugin.manifest.stateful)?;
         }
         let mut source = None;
         let mut tracker = None;
