@@ -55,10 +55,11 @@ pub fn publish(args: crate::jetstream::publish::PublishArgs) -> Exit {
     match crate::jetstream::publish::run(&args) {
         Ok(p) if p.inputs > 0 => {
             tracing::info!(
-                "published {} records in {} messages from {} inputs to {}",
+                "published {} records in {} messages from {} input{} to {}",
                 p.records,
                 p.messages,
                 p.inputs,
+                if p.inputs == 1 { "" } else { "s" },
                 args.to
             );
             Exit::Ok

@@ -1,14 +1,13 @@
 //! `pipe publish FILES... --to nats://HOST:PORT/SUBJECT`: splits inputs into batch
 //! messages for `pipe run` instances to share.
 //!
-//! Messages are cut at record boundaries from the input's own bytes (a CSV record may
-//! span lines inside quotes, so CSV is cut where the csv crate says a record starts):
-//! nothing is re-encoded, and every CSV message repeats the input's header line(s) so it
-//! can be read on its own. Each carries `Pipe-Input` (the file as named), `Pipe-Line`
-//! (its first record's line there) and `Pipe-Format`, so the worker that reads it names
-//! `orders.csv:5003` in errors and dead letters.
+//! Messages are cut at record boundaries from the input's own bytes as it streams by (a
+//! CSV record may span lines inside quotes: see `Splitter`), so memory holds one message
+//! whatever the input's size, nothing is re-encoded, and every CSV message repeats the
+//! input's header line(s) so it can be read on its own. Each carries `Pipe-Input` (the
+//! file as named), `Pipe-Line` (its first record's line there) and `Pipe-Format`, so the
+//! worker that reads it names `orders.csv:5003` in errors and dead letters.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -54,90 +53,100 @@ struct Chunk {
     records: usize,
 }
 
-/// Splits `data` (CSV) into bodies of `n` records, each with the header.
-fn split_csv(data: &[u8], n: usize) -> Vec<Chunk> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(data);
-    let mut rec = csv::ByteRecord::new();
-    // (byte offset, line) of each record's start; the first record is the header.
-    let mut starts: Vec<(usize, u64)> = Vec::new();
-    loop {
-        let at = rdr.position().clone();
-        match rdr.read_byte_record(&mut rec) {
-            Ok(true) => {
-                let p = rec.position().unwrap_or(&at);
-                starts.push((p.byte() as usize, p.line()));
-            }
-            // A read error in a byte slice is a malformed record: stop cutting there and
-            // leave the rest in the last message, where the worker reports it.
-            Ok(false) | Err(_) => break,
-        }
-    }
-    if starts.len() < 2 {
-        return Vec::new(); // no records
-    }
-    let header = &data[..starts[1].0];
-    let records = &starts[1..];
-    records
-        .chunks(n)
-        .enumerate()
-        .map(|(i, c)| {
-            let from = c[0].0;
-            let to = records.get((i + 1) * n).map_or(data.len(), |s| s.0);
-            let mut body = Vec::with_capacity(header.len() + to - from);
-            body.extend_from_slice(header);
-            body.extend_from_slice(&data[from..to]);
-            Chunk {
-                body,
-                line: c[0].1,
-                records: c.len(),
-            }
-        })
-        .collect()
+/// Cuts an input into messages of `n` records as it is read, so memory holds one
+/// message, whatever the input's size.
+///
+/// CSV: a record ends at a line end outside quotes. Each `"` flips "inside quotes" (an
+/// escaped `""` flips twice), which is how RFC 4180 quoting nests; a quote left open runs
+/// to the end of the input, as one record, and the worker reports it. The first record is
+/// the header, repeated at the head of every message. JSON lines: a record is a line;
+/// blank lines are kept inside a message (so lines stay where they were) but are not
+/// counted.
+struct Splitter<R> {
+    input: R,
+    format: Format,
+    n: usize,
+    /// The CSV header's bytes, once read.
+    header: Option<Vec<u8>>,
+    /// Lines read so far.
+    line: u64,
+    /// One physical line, reused.
+    buf: Vec<u8>,
 }
 
-/// Splits `data` (JSON lines) into bodies of `n` non-blank lines.
-fn split_jsonl(data: &[u8], n: usize) -> Vec<Chunk> {
-    let mut chunks = Vec::new();
-    let mut start = 0usize;
-    let mut start_line = 0u64;
-    let mut count = 0usize;
-    let mut line = 0u64;
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let end = memchr_newline(&data[pos..]).map_or(data.len(), |i| pos + i + 1);
-        line += 1;
-        if !data[pos..end].iter().all(u8::is_ascii_whitespace) {
-            if count == 0 {
-                start = pos;
-                start_line = line;
+impl<R: std::io::BufRead> Splitter<R> {
+    fn new(input: R, format: Format, n: usize) -> Self {
+        Splitter {
+            input,
+            format,
+            n,
+            header: None,
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Appends the next record's bytes to `out` and returns its first line; `None` at
+    /// the end. Blank JSON lines before it are appended too.
+    fn record(&mut self, out: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+        let mut first = None;
+        let mut in_quotes = false;
+        loop {
+            self.buf.clear();
+            if self.input.read_until(b'\n', &mut self.buf)? == 0 {
+                return Ok(first);
             }
-            count += 1;
-            if count == n {
-                chunks.push(Chunk {
-                    body: data[start..end].to_vec(),
-                    line: start_line,
-                    records: count,
-                });
-                count = 0;
+            self.line += 1;
+            out.extend_from_slice(&self.buf);
+            match self.format {
+                Format::Jsonl => {
+                    if !self.buf.iter().all(u8::is_ascii_whitespace) {
+                        return Ok(Some(self.line));
+                    }
+                }
+                Format::Csv => {
+                    first.get_or_insert(self.line);
+                    in_quotes ^= self.buf.iter().filter(|&&b| b == b'"').count() % 2 == 1;
+                    if !in_quotes {
+                        return Ok(first);
+                    }
+                }
             }
         }
-        pos = end;
     }
-    if count > 0 {
-        chunks.push(Chunk {
-            body: data[start..].to_vec(),
-            line: start_line,
-            records: count,
-        });
-    }
-    chunks
-}
 
-fn memchr_newline(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
+    /// The next message; `None` once the input is used up.
+    fn next_chunk(&mut self) -> std::io::Result<Option<Chunk>> {
+        if self.format == Format::Csv && self.header.is_none() {
+            let mut h = Vec::new();
+            if self.record(&mut h)?.is_none() {
+                return Ok(None);
+            }
+            self.header = Some(h);
+        }
+        let mut body = self.header.clone().unwrap_or_default();
+        let head = body.len();
+        let mut line = None;
+        let mut records = 0;
+        while records < self.n {
+            let before = body.len();
+            match self.record(&mut body)? {
+                Some(l) => {
+                    line.get_or_insert(l);
+                    records += 1;
+                }
+                None => {
+                    body.truncate(before.max(head)); // trailing blank lines
+                    break;
+                }
+            }
+        }
+        Ok(line.map(|line| Chunk {
+            body,
+            line,
+            records,
+        }))
+    }
 }
 
 /// Why `pipe publish` failed.
@@ -218,7 +227,15 @@ pub fn run(args: &PublishArgs) -> Result<Published, PublishError> {
     }
     let mut records = 0usize;
     for name in &args.files {
-        let data = read_input(name)?;
+        let read_err = |source| PublishError::Read {
+            input: name.clone(),
+            source,
+        };
+        let input: Box<dyn std::io::Read> = if name == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(std::fs::File::open(name).map_err(read_err)?)
+        };
         let format = args
             .format
             .or_else(|| {
@@ -227,14 +244,14 @@ pub fn run(args: &PublishArgs) -> Result<Published, PublishError> {
                     .flatten()
             })
             .unwrap_or(Format::Csv);
-        let chunks = match format {
-            Format::Csv => split_csv(&data, args.batch_size),
-            Format::Jsonl => split_jsonl(&data, args.batch_size),
-        };
-        if chunks.is_empty() {
-            tracing::warn!("{name}: no records; nothing published");
-        }
-        for c in chunks {
+        let mut split = Splitter::new(
+            std::io::BufReader::with_capacity(1 << 16, input),
+            format,
+            args.batch_size,
+        );
+        let mut any = false;
+        while let Some(c) = split.next_chunk().map_err(read_err)? {
+            any = true;
             if let Ok(e) = fatal_rx.try_recv() {
                 bridge.close();
                 return Err(explain(e, &to));
@@ -251,6 +268,9 @@ pub fn run(args: &PublishArgs) -> Result<Published, PublishError> {
                 payload: Some(Bytes::from(c.body)),
                 ack: None,
             });
+        }
+        if !any {
+            tracing::warn!("{name}: no records; nothing published");
         }
     }
     let closed = bridge.close();
@@ -277,43 +297,53 @@ fn explain(e: crate::run::RunError, to: &SubjectUrl) -> PublishError {
     }
 }
 
-fn read_input(name: &str) -> Result<Vec<u8>, PublishError> {
-    let read = if name == "-" {
-        let mut data = Vec::new();
-        std::io::stdin().read_to_end(&mut data).map(|_| data)
-    } else {
-        std::fs::read(name)
-    };
-    read.map_err(|source| PublishError::Read {
-        input: name.to_string(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn split(data: &[u8], format: Format, n: usize) -> Vec<Chunk> {
+        let mut s = Splitter::new(data, format, n);
+        std::iter::from_fn(|| s.next_chunk().unwrap()).collect()
+    }
+
     #[test]
     fn csv_is_cut_at_records_with_the_header_repeated() {
-        let data = b"id,note\n1,a\n2,\"two\nlines\"\n3,c\n4,d\n";
-        let c = split_csv(data, 2);
+        let data = b"id,note\n1,a\n2,\"two\nlines\"\n3,\"say \"\"hi\"\"\"\n4,d";
+        let c = split(data, Format::Csv, 2);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].body, b"id,note\n1,a\n2,\"two\nlines\"\n");
         assert_eq!((c[0].line, c[0].records), (2, 2));
-        assert_eq!(c[1].body, b"id,note\n3,c\n4,d\n");
+        assert_eq!(c[1].body, b"id,note\n3,\"say \"\"hi\"\"\"\n4,d");
         assert_eq!((c[1].line, c[1].records), (5, 2));
-        assert!(split_csv(b"id,note\n", 2).is_empty());
+        assert!(split(b"id,note\n", Format::Csv, 2).is_empty());
+        assert!(split(b"", Format::Csv, 2).is_empty());
+    }
+
+    #[test]
+    fn csv_cuts_agree_with_the_reader_that_reads_them() {
+        // Messages are cut where the host's own CSV reader sees records start, so the
+        // lines a worker reports are the lines of the file.
+        let data = "a,b\n1,\"x\ny\"\n2,\"\"\"\"\n3,\"p,q\"\r\n4,z\n";
+        let mut reader = pipe_sdk::codec::reader(Format::Csv, data.as_bytes(), 0);
+        let mut batch = pipe_sdk::Batch::new();
+        reader.read_batch(&mut batch, 100, &mut Vec::new()).unwrap();
+        let lines: Vec<u64> = batch.rows().map(|r| r.pos().line).collect();
+        let ours: Vec<u64> = split(data.as_bytes(), Format::Csv, 1)
+            .iter()
+            .map(|c| c.line)
+            .collect();
+        assert_eq!(ours, lines);
+        assert_eq!(ours, [2, 4, 5, 6]);
     }
 
     #[test]
     fn jsonl_is_cut_at_lines_and_keeps_blank_lines_inside() {
-        let data = b"{\"a\":1}\n\n{\"a\":2}\n{\"a\":3}";
-        let c = split_jsonl(data, 2);
+        let data = b"{\"a\":1}\n\n{\"a\":2}\n{\"a\":3}\n\n";
+        let c = split(data, Format::Jsonl, 2);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].body, b"{\"a\":1}\n\n{\"a\":2}\n");
         assert_eq!((c[0].line, c[0].records), (1, 2));
-        assert_eq!(c[1].body, b"{\"a\":3}");
+        assert_eq!(c[1].body, b"{\"a\":3}\n");
         assert_eq!((c[1].line, c[1].records), (4, 1));
     }
 }
