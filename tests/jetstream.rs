@@ -657,7 +657,7 @@ config = {{ key = ["id"] }}
 }
 
 #[test]
-fn a_stream_input_refuses_an_output_file_that_appears_only_at_the_end() {
+fn dash_o_is_refused_when_a_stream_is_the_input_or_the_output() {
     plugins();
     let nats = NatsServer::start();
     let sb = Sandbox::with_config(&config(&nats.url, "", FILTER));
@@ -671,6 +671,11 @@ fn a_stream_input_refuses_an_output_file_that_appears_only_at_the_end() {
         "{}",
         r.stderr
     );
+    assert!(!Path::new(&sb.path("out.csv")).exists());
+    // A stream output has no use for -o either.
+    let r = run(&sb, &["run", "work", "-o", "out.csv"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("writes to stream `OUT`"), "{}", r.stderr);
     assert!(!Path::new(&sb.path("out.csv")).exists());
 }
 

@@ -150,7 +150,8 @@ impl JetStreamError {
 
 /// The input names of a run whose pipeline reads a stream: one label for the stream
 /// (messages add their own inputs as they come). `None` for other pipelines. Refused:
-/// files on the command line (the stream is the input), and `-o FILE`, which appears
+/// `-o` when the output is a stream; with a stream input, files on the command line
+/// (the stream is the input), and `-o FILE`, which appears
 /// only when the run ends, while messages are acknowledged as their records are
 /// written (a run killed before the end would have acknowledged records it never
 /// delivered).
@@ -159,6 +160,16 @@ pub fn resolve_inputs(
     files: &[String],
     output: Option<&Path>,
 ) -> Result<Option<Vec<String>>, JetStreamError> {
+    if let (Some(out), Some(f)) = (&plan.jetstream.output, output) {
+        return Err(JetStreamError::Refused(format!(
+            "pipeline `{}` writes to stream `{}` on {} (its `output`): -o {} has no place \
+             in it",
+            plan.name,
+            out.stream,
+            out.url,
+            f.display()
+        )));
+    }
     let Some(input) = &plan.jetstream.input else {
         return Ok(None);
     };
