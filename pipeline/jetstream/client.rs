@@ -268,7 +268,18 @@ impl Bridge {
     /// acknowledgement.
     pub fn publish(&self, job: PublishJob) {
         if job.payload.is_some() {
-            let _ = self.permits.0.send(());
+            // The I/O thread gives permits back; once it is gone nobody would, so wait
+            // only while it runs.
+            while self
+                .permits
+                .0
+                .send_timeout((), Duration::from_millis(100))
+                .is_err()
+            {
+                if self.cmd.is_closed() {
+                    return;
+                }
+            }
         }
         let _ = self.cmd.send(Command::Publish(job));
     }
