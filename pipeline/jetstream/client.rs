@@ -453,11 +453,11 @@ impl Io {
                     let Some(c) = c else { break };
                     match c {
                         Command::Close(reply) => {
-                            self.close(&mut publishes).await;
+                            self.close(&mut pull, &mut publishes).await;
                             let _ = reply.send(self.closed);
                             return;
                         }
-                        c => self.command(c, &mut pull, &mut publishes).await,
+                        c => self.command(c, &mut publishes).await,
                     }
                 }
                 m = next_message(&mut pull), if pull.is_some() => self.delivered(m, &mut pull),
@@ -466,15 +466,10 @@ impl Io {
             }
         }
         // Every handle dropped without a close: still give back what we hold.
-        self.close(&mut publishes).await;
+        self.close(&mut pull, &mut publishes).await;
     }
 
-    async fn command(
-        &mut self,
-        c: Command,
-        pull: &mut Option<(jetstream::consumer::pull::Batch, usize)>,
-        publishes: &mut FuturesUnordered<PublishFuture>,
-    ) {
+    async fn command(&mut self, c: Command, publishes: &mut FuturesUnordered<PublishFuture>) {
         match c {
             Command::OpenConsumer {
                 input,
@@ -496,13 +491,10 @@ impl Io {
             } => {
                 let _ = reply.send(self.check_stream(&stream, &subject, create).await);
             }
-            Command::Pull(limit) => {
-                self.pull_limit = limit;
-                if limit == 0 {
-                    // Messages already on their way are held, then NAKed at close.
-                    *pull = None;
-                }
-            }
+            // A pull request already out is read to its end: messages the server sent
+            // for it are ours until acked or NAKed, and dropping the request would leave
+            // them unacknowledged until the ack wait (see `close`).
+            Command::Pull(limit) => self.pull_limit = limit,
             Command::Ack(id) => self.finish(id, AckKind::Ack).await,
             Command::Nak(id) => self.finish(id, AckKind::Nak(None)).await,
             Command::Publish(job) => self.publish(job, publishes).await,
@@ -793,7 +785,23 @@ impl Io {
         }
     }
 
-    async fn close(&mut self, publishes: &mut FuturesUnordered<PublishFuture>) {
+    async fn close(
+        &mut self,
+        pull: &mut Option<(jetstream::consumer::pull::Batch, usize)>,
+        publishes: &mut FuturesUnordered<PublishFuture>,
+    ) {
+        // Messages of a pull request still out are delivered to us whether we read them
+        // or not: read them (into `held_map`) so that they are NAKed below, instead of
+        // waiting out the ack wait on the server (regression test:
+        // sigterm_drains_acks_what_was_written_and_returns_the_rest_at_once).
+        self.pull_limit = 0;
+        let until = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+        while pull.is_some() {
+            match tokio::time::timeout_at(until, next_message(pull)).await {
+                Ok(m) => self.delivered(m, pull),
+                Err(_) => break,
+            }
+        }
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         while !publishes.is_empty() {
             match tokio::time::timeout_at(deadline, publishes.next()).await {
