@@ -12,7 +12,9 @@
 #      columns) run (a) from the file to /dev/null, (b) from stream IN to stream OUT
 #      (messages of $BATCH records, published beforehand; `pipe publish` is timed apart).
 #      records/s = read / elapsed of each run's own --stats=json clock (it starts once the
-#      stages are loaded; the stream run's includes its end-of-work check, ~0.3 s).
+#      stages are loaded; the stream run's includes connecting, the end-of-work check and
+#      closing, about 0.04 s in all). $RUNS rounds of (a) then (b), each (b) through a
+#      consumer and an output stream of its own; the ratio is of the medians.
 #      Target: (b) >= 50% of (a).
 #   4. Three instances on one job (a fresh consumer over the same messages): aggregate
 #      records/s (records / wall time from the first start to the last exit) and the CPU
@@ -28,7 +30,7 @@
 #
 # Run from anywhere:  bash benches/jetstream.sh
 # Environment: RECORDS (1000000), BATCH (1024), DATA (target/jetstream-bench),
-#   DELAY_MS (10).
+#   DELAY_MS (10), RUNS (5: rounds of part 3).
 # Keep the machine otherwise idle: 2 cores are shared by pipe, the server and the OS.
 set -euo pipefail
 
@@ -37,6 +39,7 @@ RECORDS="${RECORDS:-1000000}"
 BATCH="${BATCH:-1024}"
 DATA="${DATA:-$ROOT/target/jetstream-bench}"
 DELAY_MS="${DELAY_MS:-10}"
+RUNS="${RUNS:-5}"
 PIPE="$ROOT/target/release/pipe"
 
 cd "$ROOT"
@@ -83,7 +86,7 @@ config = { keep = ["id", "country", "amount", "amount_cents"] }
   echo "[pipelines.file]"
   echo "output = \"csv\""
   echo "${STAGES//NAME/file}"
-  for c in one three; do
+  for c in $(seq -f "one%g" "$RUNS") three; do
     echo "[pipelines.$c]"
     echo "input = { nats = \"$URL\", stream = \"IN\", durable = \"$c\", stop_when_empty = true }"
     echo "output = { nats = \"$URL\", stream = \"OUT$c\", subject = \"out.$c\" }"
@@ -94,25 +97,30 @@ cd "$DATA"
 
 echo "## JetStream scale-out, $RECORDS records, $BATCH per message ($(nproc) cores)"
 echo
-"$PIPE" run file orders.csv -o /dev/null --stats=json --no-watch 2> file.err
-FILE_RATE=$(rate "$(stat_of file.err read)" "$(stat_of file.err elapsed_ms)")
-
 t0=$(date +%s.%N)
 "$PIPE" publish orders.csv --to "$URL/in.orders" --create-stream IN --batch-size "$BATCH" 2> publish.err
 t1=$(date +%s.%N)
-"$PIPE" -q publish --to "$URL/out.one" --create-stream OUTone
 PUB_RATE=$(python3 -c "print(f'{$RECORDS / ($t1 - $t0):,.0f}')")
 
-S0=$(cpu_of "$SERVER")
-/usr/bin/time -f "%U %S" -o one.cpu "$PIPE" run one --stats=json 2> one.err
-S1=$(cpu_of "$SERVER")
-ONE_RATE=$(rate "$(stat_of one.err read)" "$(stat_of one.err elapsed_ms)")
-RATIO=$(python3 -c "print(f'{${ONE_RATE//,/} / ${FILE_RATE//,/} * 100:.0f}')")
-echo "| run | records/s | CPU s (pipe user+sys) | server CPU s |"
-echo "|---|---|---|---|"
-echo "| file -> /dev/null | $FILE_RATE | | |"
-echo "| stream -> stream, 1 instance | $ONE_RATE | $(awk '{print $1 + $2}' one.cpu) | $(python3 -c "print(round($S1 - $S0, 2))") |"
-echo "| (pipe publish, the file into IN) | $PUB_RATE | | |"
+# $RUNS rounds of: the file run, then a stream run through a consumer and an output
+# stream of its own (the same messages each time). Medians: the machine is shared.
+echo "| round | file -> /dev/null records/s | CPU s | stream -> stream records/s | CPU s (pipe) | CPU s (server) |"
+echo "|---|---|---|---|---|---|"
+for i in $(seq "$RUNS"); do
+  /usr/bin/time -f "%U %S" -o "file$i.cpu" "$PIPE" run file orders.csv -o /dev/null --stats=json --no-watch 2> "file$i.err"
+  "$PIPE" -q publish --to "$URL/out.one$i" --create-stream "OUTone$i"
+  S0=$(cpu_of "$SERVER")
+  /usr/bin/time -f "%U %S" -o "one$i.cpu" "$PIPE" run "one$i" --stats=json 2> "one$i.err"
+  S1=$(cpu_of "$SERVER")
+  echo "| $i | $(rate "$(stat_of "file$i.err" read)" "$(stat_of "file$i.err" elapsed_ms)") | $(awk '{print $1 + $2}' "file$i.cpu") | $(rate "$(stat_of "one$i.err" read)" "$(stat_of "one$i.err" elapsed_ms)") | $(awk '{print $1 + $2}' "one$i.cpu") | $(python3 -c "print(round($S1 - $S0, 2))") |"
+done
+for f in file one; do for i in $(seq "$RUNS"); do grep '^{' "$f$i.err" | tail -1 > "$f$i.json"; done; done
+FILE_RATE=$(python3 -c "import json,statistics,sys; print(round(statistics.median(json.load(open(f'file{i}.json'))['read'] / (json.load(open(f'file{i}.json'))['elapsed_ms'] / 1000) for i in range(1, $RUNS + 1))))")
+ONE_RATE=$(python3 -c "import json,statistics,sys; print(round(statistics.median(json.load(open(f'one{i}.json'))['read'] / (json.load(open(f'one{i}.json'))['elapsed_ms'] / 1000) for i in range(1, $RUNS + 1))))")
+RATIO=$(python3 -c "print(f'{$ONE_RATE / $FILE_RATE * 100:.0f}')")
+echo "| **median** | $(python3 -c "print(f'{$FILE_RATE:,}')") | | $(python3 -c "print(f'{$ONE_RATE:,}')") | | |"
+echo
+echo "pipe publish (the file into IN): $PUB_RATE records/s"
 echo
 echo "stream -> stream is $RATIO% of file -> /dev/null (target >= 50%: $( [ "$RATIO" -ge 50 ] && echo holds || echo MISSED ))"
 echo

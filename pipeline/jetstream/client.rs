@@ -50,6 +50,9 @@ const PULL_EXPIRES: Duration = Duration::from_millis(250);
 /// make the I/O thread wait inside a command (see the module docs).
 pub const PUBLISH_WINDOW: usize = 256;
 
+/// At close, how long a pull request still out must bring nothing before it is given up.
+const PULL_QUIET: Duration = Duration::from_millis(20);
+
 /// How long closing waits for outstanding publish acknowledgements.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -598,10 +601,17 @@ impl Io {
         Ok(())
     }
 
-    /// Starts a pull request when none is out and the host has room.
+    /// Starts a pull request when none is out and the host has room for half its
+    /// `max_in_flight` or more. Topping up one message at a time, as each ack frees a
+    /// slot, would cost a request (a subscription, a round trip, the server's work) per
+    /// message; waiting for half keeps requests large while the host never runs dry.
     async fn top_up(&mut self, pull: &mut Option<(jetstream::consumer::pull::Batch, usize)>) {
         let held = self.held_map.len();
-        if pull.is_some() || held >= self.pull_limit || Instant::now() < self.pull_after {
+        if pull.is_some()
+            || held >= self.pull_limit
+            || (held > 0 && held > self.pull_limit / 2)
+            || Instant::now() < self.pull_after
+        {
             return;
         }
         let Some(consumer) = &self.consumer else {
@@ -793,11 +803,12 @@ impl Io {
         // Messages of a pull request still out are delivered to us whether we read them
         // or not: read them (into `held_map`) so that they are NAKed below, instead of
         // waiting out the ack wait on the server (regression test:
-        // sigterm_drains_acks_what_was_written_and_returns_the_rest_at_once).
+        // sigterm_drains_acks_what_was_written_and_returns_the_rest_at_once). The server
+        // sends what it has at once, so a short quiet spell ends the wait; a message
+        // published later still reaches another instance, after the ack wait.
         self.pull_limit = 0;
-        let until = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
         while pull.is_some() {
-            match tokio::time::timeout_at(until, next_message(pull)).await {
+            match tokio::time::timeout(PULL_QUIET, next_message(pull)).await {
                 Ok(m) => self.delivered(m, pull),
                 Err(_) => break,
             }

@@ -38,8 +38,13 @@ use crate::run::RunError;
 use crate::run::RunStats;
 
 /// With `stop_when_empty`, how long no message must arrive before the source asks the
-/// server whether the work is over (and how often it asks while idle).
-const IDLE: Duration = Duration::from_millis(50);
+/// server whether the work is over. While the answer is no (another instance still
+/// holds messages, which come back after its ack wait if it died), the source asks
+/// half as often each time, down to once every `IDLE_MAX`: the end of a job is seen
+/// within milliseconds, and a long wait costs the server a few requests a second.
+const IDLE_MIN: Duration = Duration::from_millis(10);
+/// See [`IDLE_MIN`].
+const IDLE_MAX: Duration = Duration::from_millis(500);
 
 /// Which message a batch came from.
 #[derive(Debug, Clone)]
@@ -135,18 +140,21 @@ impl SourceJob {
     /// `stop_when_empty`) until the consumer has nothing left.
     pub fn run(self) -> Result<(), RunError> {
         let mut bad = Vec::new();
+        let mut spare = Batch::default();
         let stream: Arc<str> = self.input.stream.as_str().into();
         self.bridge.pull(self.input.max_in_flight);
         let mut last_message = Instant::now();
-        let mut last_check = Instant::now();
+        let mut wait = IDLE_MIN;
+        let mut next_check = Instant::now();
         let result = loop {
             if (self.stop)() {
                 break Ok(());
             }
-            match self.events.recv_timeout(IDLE) {
+            match self.events.recv_timeout(wait) {
                 Ok(Event::Message(d)) => {
                     last_message = Instant::now();
-                    match self.hand_on(d, &stream, &mut bad) {
+                    wait = IDLE_MIN;
+                    match self.hand_on(d, &stream, &mut bad, &mut spare) {
                         Ok(true) => {}
                         Ok(false) => break Ok(()), // the run is stopping
                         Err(e) => break Err(e),
@@ -164,14 +172,17 @@ impl SourceJob {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break Ok(()),
             }
+            // Only once this instance holds nothing is the server asked.
             if self.input.stop_when_empty
-                && last_message.elapsed() >= IDLE
-                && last_check.elapsed() >= IDLE
+                && self.bridge.held() == 0
+                && last_message.elapsed() >= IDLE_MIN
+                && Instant::now() >= next_check
             {
-                last_check = Instant::now();
                 if self.finished() {
                     break Ok(());
                 }
+                wait = (wait * 2).min(IDLE_MAX);
+                next_check = Instant::now() + wait;
             }
         };
         self.bridge.pull(0);
@@ -195,11 +206,15 @@ impl SourceJob {
     }
 
     /// Reads one message into batches and hands them on. `Ok(false)`: the feeder is gone.
+    /// `spare` is a batch kept from the last message: the reader's final call, which
+    /// finds the end of the body, fills no batch, and it is reused rather than dropped
+    /// (the pool of written batches would otherwise drain, one arena a message).
     fn hand_on(
         &self,
         d: Delivery,
         stream: &Arc<str>,
         bad: &mut Vec<BadRecord>,
+        spare: &mut Batch,
     ) -> Result<bool, RunError> {
         let input_name = d
             .input
@@ -214,7 +229,7 @@ impl SourceJob {
         let mut reader = codec::reader(format, &d.payload[..], index);
         let mut batches: Vec<Batch> = Vec::with_capacity(1);
         loop {
-            let mut batch = self.pool.try_recv().unwrap_or_default();
+            let mut batch = std::mem::take(spare);
             batch.clear();
             let more = reader
                 .read_batch(&mut batch, usize::MAX, bad)
@@ -226,6 +241,9 @@ impl SourceJob {
                 })?;
             if !batch.is_empty() || (batches.is_empty() && batch.width() > 0) {
                 batches.push(batch);
+                *spare = self.pool.try_recv().unwrap_or_default();
+            } else {
+                *spare = batch;
             }
             if !more {
                 break;
