@@ -612,6 +612,14 @@ config = {{ key = ["id"] }}
             assert!(r.stderr.contains(n), "{pipeline}: no {n:?} in {}", r.stderr);
         }
     }
+    // `pipe check` refuses what `pipe run` refuses.
+    let r = run(&sb, &["check", "stateful"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stage `dedup` is stateful"),
+        "{}",
+        r.stderr
+    );
     // A typo in the URL is a config error, found before connecting.
     sb.write(
         "bad.toml",

@@ -98,6 +98,15 @@ pub fn check(args: CheckArgs) -> Exit {
         Ok(s) => s,
         Err(e) => return fail(Exit::Failed, &e),
     };
+    // What `pipe run` refuses must not pass the check (jetstream.rs:
+    // bad_urls_and_missing_streams_are_named).
+    for s in &setups {
+        if let Err(e) =
+            crate::jetstream::check_stateful(&plan, &s.spec.name, s.plugin.manifest.stateful)
+        {
+            return fail(Exit::Failed, &e);
+        }
+    }
     outln!(
         "pipeline `{}`{}: {} stage{}, ok",
         plan.name,
