@@ -777,3 +777,34 @@ fn a_reload_that_brings_a_stateful_stage_onto_a_shared_stream_is_refused() {
     let out = ok(run(&sb, &["run", "collect"])).stdout;
     assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
 }
+
+#[test]
+fn files_can_be_written_to_a_stream() {
+    plugins();
+    let nats = NatsServer::start();
+    let text = config(&nats.url, "", FILTER)
+        + &format!(
+            "\n[pipelines.tostream]\noutput = {{ nats = \"{}\", stream = \"OUT\", subject = \"out.orders\" }}\n{}",
+            nats.url,
+            FILTER.replace("STAGES", "[[pipelines.tostream.stages]]")
+        );
+    let sb = Sandbox::with_config(&text);
+    orders(&sb, 3000, "");
+    create_output_stream(&sb, &nats.url);
+    let r = ok(run(
+        &sb,
+        &[
+            "run",
+            "tostream",
+            "orders.csv",
+            "--batch-size",
+            "500",
+            "--stats=json",
+        ],
+    ));
+    r.assert_balanced();
+    // One message per batch of the file: 3000 records in batches of 500.
+    assert!(r.stderr.contains("6 published"), "{}", r.stderr);
+    let out = ok(run(&sb, &["run", "collect"])).stdout;
+    assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
+}
