@@ -21,7 +21,7 @@ use common::{plugins, Run, Sandbox};
 struct NatsServer {
     child: Child,
     url: String,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -35,44 +35,66 @@ impl NatsServer {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = Command::new("nats-server")
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start nats-server ({e}): install it (apt-get install nats-server; .ci/run does)")
-                });
-            let (tx, rx) = std::sync::mpsc::channel();
-            let err = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut seen = Vec::new();
-            while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                if line.contains("Server is ready") {
+            match spawn_server(port, store.path()) {
+                Ok(child) => {
                     return NatsServer {
                         child,
                         url: format!("nats://127.0.0.1:{port}"),
-                        _store: store,
-                    };
+                        store: store,
+                    }
                 }
-                seen.push(line);
-            }
-            // The port was taken between our probe and the server's bind: try another.
-            let _ = child.kill();
-            let _ = child.wait();
-            if !seen.iter().any(|l| l.contains("address already in use")) {
-                panic!("nats-server did not start:\n{}", seen.join("\n"));
+                // The port was taken between our probe and the server's bind.
+                Err(seen) if seen.contains("address already in use") => continue,
+                Err(seen) => panic!("nats-server did not start:\n{seen}"),
             }
         }
         panic!("no free port for nats-server after 5 attempts");
     }
+
+    /// Stops the server (as a crash would: SIGKILL).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same store.
+    fn restart(&mut self) {
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn_server(port, self.store.path())
+            .unwrap_or_else(|seen| panic!("nats-server did not restart:\n{seen}"));
+    }
+}
+
+/// Starts `nats-server -js` on `port` with its store in `store`; waits until it is ready.
+/// `Err`: what it printed instead.
+fn spawn_server(port: u16, store: &Path) -> Result<Child, String> {
+    let mut child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start nats-server ({e}): install it (apt-get install nats-server; .ci/run does)")
+        });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("Server is ready") {
+            return Ok(child);
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(seen.join("\n"))
 }
 
 impl Drop for NatsServer {
@@ -807,4 +829,29 @@ fn files_can_be_written_to_a_stream() {
     assert!(r.stderr.contains("6 published"), "{}", r.stderr);
     let out = ok(run(&sb, &["run", "collect"])).stdout;
     assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
+}
+
+#[test]
+fn a_server_that_goes_away_fails_the_run_and_loses_nothing() {
+    plugins();
+    let mut nats = NatsServer::start();
+    let sb = Sandbox::with_config(&config(&nats.url, ", ack_wait_ms = 1000", &slow_filter(50)));
+    orders(&sb, 5000, "");
+    publish(&sb, &nats.url, 50);
+    create_output_stream(&sb, &nats.url);
+    let w = Worker::start(&sb, &["run", "work", "--stats=json"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    nats.kill();
+    // It must end by itself, with an error naming the server, not hang.
+    let r = w.wait(60);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains(&nats.url), "{}", r.stderr);
+    common::assert_clean_stderr(&r.stderr);
+    // Back on its store: what the failed run did not finish is delivered again.
+    nats.restart();
+    let rest = ok(run(&sb, &["run", "work", "--stats=json"]));
+    rest.assert_balanced();
+    let out = ok(run(&sb, &["run", "collect"])).stdout;
+    assert_eq!(sorted_records(&out), sorted_records(&expected(&sb)));
+    assert!(id_counts(&out).values().all(|&n| n == 1));
 }

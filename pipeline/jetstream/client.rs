@@ -50,6 +50,11 @@ const PULL_EXPIRES: Duration = Duration::from_millis(250);
 /// make the I/O thread wait inside a command (see the module docs).
 pub const PUBLISH_WINDOW: usize = 256;
 
+/// The longest one ack, progress ack, publish or flush may wait on the connection. While
+/// the server is away the client queues them and would wait for its return for ever; a
+/// message whose ack is lost is simply delivered again after the ack wait.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// At close, how long a pull request still out must bring nothing before it is given up.
 const PULL_QUIET: Duration = Duration::from_millis(20);
 
@@ -617,13 +622,16 @@ impl Io {
         let Some(consumer) = &self.consumer else {
             return;
         };
-        match consumer
+        let request = consumer
             .batch()
             .max_messages(self.pull_limit - held)
             .expires(PULL_EXPIRES)
-            .messages()
-            .await
-        {
+            .messages();
+        let result = match tokio::time::timeout(SEND_TIMEOUT, request).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the server does not answer".to_string()),
+        };
+        match result {
             Ok(b) => *pull = Some((b, 0)),
             Err(e) => {
                 self.pull_limit = 0;
@@ -701,7 +709,11 @@ impl Io {
         };
         self.held.fetch_sub(1, Relaxed);
         let naked = matches!(kind, AckKind::Nak(_));
-        if let Err(e) = h.acker.ack_with(kind).await {
+        let sent = match tokio::time::timeout(SEND_TIMEOUT, h.acker.ack_with(kind)).await {
+            Ok(r) => r,
+            Err(_) => Err("the server does not answer".into()),
+        };
+        if let Err(e) = sent {
             tracing::warn!(
                 "{}: could not send an ack: {e}; the message will be redelivered",
                 self.url
@@ -728,7 +740,14 @@ impl Io {
         }
         let subject = job.subject;
         let ack = job.ack;
-        match self.js.send_publish(subject.clone(), msg).await {
+        let sent = tokio::time::timeout(SEND_TIMEOUT, self.js.send_publish(subject.clone(), msg))
+            .await
+            .unwrap_or_else(|_| {
+                Err(async_nats::jetstream::context::PublishError::new(
+                    async_nats::jetstream::context::PublishErrorKind::TimedOut,
+                ))
+            });
+        match sent {
             Ok(fut) => publishes.push(Box::pin(async move {
                 let r = std::future::IntoFuture::into_future(fut)
                     .await
@@ -790,7 +809,8 @@ impl Io {
         for h in self.held_map.values_mut() {
             if now.duration_since(h.touched) >= due {
                 h.touched = now;
-                let _ = h.acker.ack_with(AckKind::Progress).await;
+                let _ =
+                    tokio::time::timeout(SEND_TIMEOUT, h.acker.ack_with(AckKind::Progress)).await;
             }
         }
     }
@@ -829,11 +849,20 @@ impl Io {
                 }
             }
         }
+        // NAKs get what we hold to the other instances at once; with the server away
+        // they could not be sent, and the server redelivers after the ack wait anyway.
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         let ids: Vec<u64> = self.held_map.keys().copied().collect();
         for id in ids {
-            self.finish(id, AckKind::Nak(None)).await;
+            if connected {
+                self.finish(id, AckKind::Nak(None)).await;
+            } else if self.held_map.remove(&id).is_some() {
+                self.held.fetch_sub(1, Relaxed);
+            }
         }
-        let _ = self.client.flush().await;
+        if connected {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.client.flush()).await;
+        }
     }
 }
 
