@@ -40,7 +40,7 @@ impl NatsServer {
                     return NatsServer {
                         child,
                         url: format!("nats://127.0.0.1:{port}"),
-                        store: store,
+                        store,
                     }
                 }
                 // The port was taken between our probe and the server's bind.
