@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `direct` | `<Select as Stage>::process` from the `select` rlib: plain Rust, the work itself |
 //! | `rlib` | the same stage behind the SDK adapter (`#[sabi_trait]` vtable + `catch_unwind`), compiled into this binary |
-//! | `plugin` | `StageBox::process` on an instance from the real release `libselect.so`, loaded with `pipe::loader::Plugin::load` |
+//! | `plugin` | `StageBox::process` on an instance from the real release `libselect.so`, loaded with `pipe::plugin::load` |
 //! | `plugin_host` | `plugin` plus what `runtime.rs`'s worker does around the call to send the rows on: `Output::resolve(input)`, which hands the input batch on with the kept rows compacted (the input is a fresh clone per iteration, made outside the timing) |
 //!
 //! over batch sizes 0 (the call alone), 1, 16, 256, 1024 and 4096 records. Each call's
@@ -26,9 +26,10 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
-use pipe::loader::Plugin;
+
 use pipe_sdk::abi::StageBox;
 use pipe_sdk::codec::{self, Format};
+use pipe_sdk::host::HostOutput;
 use pipe_sdk::{Batch, Output, Stage};
 use select::{Select, SelectConfig};
 
@@ -65,11 +66,14 @@ fn process_checked(stage: &mut StageBox, batch: &Batch, out: &mut Output) {
 
 fn bench(c: &mut Criterion) {
     let dir = common::build_plugins(&["stage-select"]);
-    let plugin = Plugin::load("select", &dir.join(common::lib_name("select")), None)
-        .expect("loading libselect.so");
+    let plugin = pipe::plugin::load(&pipe::plugin::file_spec(
+        "select",
+        &dir.join(common::lib_name("select")),
+    ))
+    .expect("loading libselect.so");
     let config = common::pass_through_json();
     let mut loaded = plugin.instantiate(&config).expect("a select instance");
-    let mut in_binary = pipe_sdk::stage::new_instance::<Select>(&config)
+    let mut in_binary = pipe_sdk::__private::new_instance::<Select>(&config)
         .into_result()
         .expect("a select instance");
     let mut direct = Select::new(pipe_sdk::parse_config::<SelectConfig>(&config).expect("config"))

@@ -140,9 +140,10 @@ fn parse_report(line: &str) -> (f64, u64) {
 }
 
 /// Where a load's time would go, step by step, redone here on the same file (median of
-/// `runs`), next to the whole `Plugin::load` call and to `new`. The sha256 and the copy
-/// written to disk are the costs `Plugin::load` avoids (it hashes only for a `sha256` pin
-/// and copies into memory); they are kept here to show why.
+/// `runs`), next to the whole `plugin::load` call and to `new`. `plugin::load` hashes
+/// every file (identical bytes are not mapped twice) and copies into memory, not to disk;
+/// each of its loads here is of a new build (the file with `i` appended), so that it maps
+/// and probes (a child process maps the library first) every time.
 fn load_breakdown(lib: &Path, runs: usize) {
     use abi_stable::library::lib_header_from_path;
     use pipe_sdk::abi::StageMod_Ref;
@@ -153,7 +154,7 @@ fn load_breakdown(lib: &Path, runs: usize) {
         "sha256 of it",
         "write the private copy",
         "dlopen + layout check (init_root_module)",
-        "Plugin::load, all of it",
+        "plugin::load, all of it",
         "Plugin::instantiate (new)",
     ]
     .into_iter()
@@ -181,8 +182,15 @@ fn load_breakdown(lib: &Path, runs: usize) {
         steps[3].1.push(ns(t));
         let _ = std::fs::remove_file(&copy);
         assert_eq!((module.manifest())().name.as_str(), "tagger");
+        let build = dir.path().join(format!("build-{i}"));
+        std::fs::create_dir(&build).expect("a build dir");
+        let new_build = build.join(common::lib_name("tagger"));
+        let mut new_bytes = bytes.clone();
+        new_bytes.extend_from_slice(&(i as u64).to_le_bytes());
+        std::fs::write(&new_build, &new_bytes).expect("writing a new build");
         let t = Instant::now();
-        let plugin = pipe::loader::Plugin::load("tagger", lib, None).expect("loading tagger");
+        let plugin = pipe::plugin::load(&pipe::plugin::file_spec("tagger", &new_build))
+            .expect("loading tagger");
         steps[4].1.push(ns(t));
         let t = Instant::now();
         let instance = plugin.instantiate("{}").expect("a tagger instance");

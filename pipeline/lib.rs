@@ -11,15 +11,17 @@
 //!   sink, atomic output, shutdown, watchdog, stats, dead letter.
 //! - [`jetstream`]: NATS JetStream streams as a run's input and output (the run calls in
 //!   at its source, feeder and sink), acks after the sink, `pipe publish`.
-//! - [`loader`], [`process`]: plugins: find, check and open libraries; process stages.
+//! - [`plugin`]: the one `Plugin` and its one load path: find, check (trust, sha256,
+//!   structure, probe, ABI layout, manifest) and open; a backend per kind of stage
+//!   (`plugin::library`: native `cdylib`; `plugin::process`: children speaking JSON
+//!   lines).
 //! - [`config`]: `pipelines.toml` → a validated [`config::PipelinePlan`]; command-line
 //!   options → a resolved [`config::RunPlan`].
 
 pub mod cli;
 pub mod config;
 pub mod jetstream;
-pub mod loader;
-pub mod process;
+pub mod plugin;
 pub mod reload;
 pub mod run;
 pub mod tools;

@@ -7,9 +7,13 @@ use clap::Parser;
 use pipe::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // `pipe __probe ...`: the hidden mode that loads a plugin before the host does.
+    if let Some(code) = pipe::plugin::probe_main() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     cli::logging::init(cli.verbose, cli.quiet);
     let exit = cli::execute(cli.command);
-    pipe::loader::cleanup();
+    pipe::plugin::cleanup();
     exit.into()
 }

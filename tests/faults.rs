@@ -1385,3 +1385,75 @@ fn a_failed_run_accounts_for_records_in_flight() {
     let s = j.assert_balanced_with_in_flight();
     assert!(s["in_flight"].as_i64().unwrap() > 0, "{s}");
 }
+
+/// Runs `pipe run -o out.csv` over 5000 rows in small batches with host threads made to
+/// panic by `PIPE_FAILPOINT` (a debug-build test hook), over an existing `out.csv`.
+fn run_with_failpoint(failpoint: &str) -> (Sandbox, Run) {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    std::fs::write(sb.path("out.csv"), "precious\n").unwrap();
+    let input = rows(5000);
+    let mut child = sb
+        .command(&["run", "--no-watch", "--batch-size", "10", "-o", "out.csv"])
+        .env("PIPE_FAILPOINT", failpoint)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = sin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (sb, run)
+}
+
+/// Regression: a reader thread that panicked looked like the end of the input; the run
+/// committed a truncated `-o` file and exited 0.
+#[test]
+fn a_panicking_reader_fails_the_run() {
+    let (sb, r) = run_with_failpoint("reader");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the reader thread died (failpoint `reader`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("out.csv")).unwrap(),
+        "precious\n",
+        "a failed run must not commit its output"
+    );
+    let litter: Vec<_> = std::fs::read_dir(sb.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(
+        litter.is_empty(),
+        "temporary output left behind: {litter:?}"
+    );
+}
+
+#[test]
+fn a_panicking_stage_worker_thread_fails_the_run_naming_it() {
+    let (sb, r) = run_with_failpoint("worker");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the faulty#0 thread died (failpoint `worker`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("out.csv")).unwrap(),
+        "precious\n"
+    );
+}

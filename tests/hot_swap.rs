@@ -340,7 +340,12 @@ fn dedup_keeps_its_seen_keys_across_a_swap() {
     let mut live = Live::start(&sb, &["run", "-v", "--stats=json"]);
     live.write("id,x\n");
     live.write(&records(0, 2000));
-    install(&lib, &sb.path("plugins/libdedup.so"), 2);
+    // Another build of the same code: identical bytes are not a new version (issue 11).
+    let mut rebuilt = std::fs::read(&lib).unwrap();
+    rebuilt.push(0);
+    let rebuilt_path = sb.path("libdedup-rebuilt.so");
+    std::fs::write(&rebuilt_path, rebuilt).unwrap();
+    install(&rebuilt_path, &sb.path("plugins/libdedup.so"), 2);
     let line = live.expect_line("swapped stage `dedup`", 30);
     assert!(line.contains("state handed over"), "{line}");
     // Every one of these was seen before the swap.

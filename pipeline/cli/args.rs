@@ -62,7 +62,7 @@ pub enum CommandLine {
     Bench(BenchArgs),
     /// Write deterministic sample data (orders CSV/JSONL, events JSONL) to stdout.
     Generate(GenerateArgs),
-    /// Run declarative tests of pipelines and stages (TOML files of [[tests]]).
+    /// Run declarative tests of pipelines and stages (TOML files of `[[tests]]` tables).
     #[command(after_help = "Example: pipe test tests/pipelines/*.toml")]
     Test(TestArgs),
     /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.

@@ -9,7 +9,7 @@ use super::args::{
 };
 use super::exit::{fail, Exit};
 use crate::config::{config_path, PipelinePlan, PipelinesConfig};
-use crate::loader::{self, Plugin};
+use crate::plugin;
 use crate::tools;
 
 /// Writes to stdout. `Err(code)` when it cannot: a reader that went away (`pipe stages |
@@ -175,7 +175,7 @@ pub fn stages(args: StagesArgs) -> Exit {
             };
             let name = stem.strip_prefix(DLL_PREFIX).unwrap_or(stem);
             found += 1;
-            match Plugin::load(name, &f, None) {
+            match plugin::load(&plugin::file_spec(name, &f)) {
                 Ok(p) => outln!(
                     "{:<12} {:<8} ok   {}  {}",
                     p.manifest.name,
@@ -197,7 +197,7 @@ pub fn stages(args: StagesArgs) -> Exit {
         );
         return Exit::Failed;
     }
-    let _ = loader::libraries_mapped();
+    let _ = plugin::libraries_mapped();
     if broken > 0 {
         Exit::Failed
     } else {

@@ -1,5 +1,5 @@
 //! `pipelines.toml`: the file format (DESIGN §10), its validation, and the resolved
-//! [`Plan`] a run is built from.
+//! [`PipelinePlan`] a run is built from.
 //!
 //! Parsing is two-phase, like ripgrep's flags: serde turns the TOML into `*Config`
 //! structs (unknown keys are errors with line and column), then [`PipelinesConfig::plan`]

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pipe_sdk::codec::{self, BadRecord};
+use pipe_sdk::host::HostBatch;
 use pipe_sdk::Batch;
 
 use super::client::{Bridge, Delivery, Event};

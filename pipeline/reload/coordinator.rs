@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use super::diff::{self, Change};
 use super::normalise;
 use crate::config::{PipelinePlan, PipelinesConfig, StageSpec};
-use crate::loader::Plugin;
+use crate::plugin::Plugin;
 use crate::run::{self, Command, RunStats, SwapOrder, SwapOutcome};
 
 /// A stage as the coordinator knows it.
@@ -133,7 +133,12 @@ impl Coordinator {
         };
         let plugin = match plugin {
             Some(p) => p,
-            None => match run::load(&spec) {
+            None => match crate::plugin::load(&spec) {
+                // The same bytes and config are not a new version (issue 11).
+                Ok(p) if p.same_version(&live.plugin) && spec == live.spec => {
+                    tracing::debug!("stage `{name}`: {} is unchanged", p.path.display());
+                    return;
+                }
                 Ok(p) => Arc::new(p),
                 Err(e) => return refuse(e.to_string()),
             },

@@ -18,7 +18,7 @@ use super::stats::RunStats;
 use super::threads::{self, Handle};
 use super::watchdog::Watchdog;
 use crate::config::StageSpec;
-use crate::loader::{LoadError, Plugin};
+use crate::plugin::{LoadError, Plugin};
 
 /// What all stages of a run share.
 pub struct Context {
@@ -77,7 +77,7 @@ pub fn prepare(specs: &[StageSpec], log: fn(&str)) -> Result<Vec<StageSetup>, Pr
             stage: spec.name.clone(),
             source,
         };
-        let plugin = Arc::new(load(spec).map_err(err)?);
+        let plugin = Arc::new(crate::plugin::load(spec).map_err(err)?);
         let n = effective_workers(spec, &plugin);
         if n < spec.workers {
             log(&format!(
@@ -95,17 +95,6 @@ pub fn prepare(specs: &[StageSpec], log: fn(&str)) -> Result<Vec<StageSetup>, Pr
         });
     }
     Ok(setups)
-}
-
-/// Loads `spec`'s plugin: find, check, open.
-pub fn load(spec: &StageSpec) -> Result<Plugin, LoadError> {
-    match &spec.kind {
-        crate::config::StageKind::Plugin { plugin, search } => {
-            let path = crate::loader::find(plugin, search)?;
-            Plugin::load(plugin, &path, spec.sha256.as_deref())
-        }
-        crate::config::StageKind::Command { .. } => crate::process::load(spec),
-    }
 }
 
 /// A running chain: where to send batches in, and the threads to join.

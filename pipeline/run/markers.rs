@@ -11,7 +11,7 @@ use pipe_sdk::abi::StageBox;
 use pipe_sdk::Batch;
 
 use crate::config::StageSpec;
-use crate::loader::Plugin;
+use crate::plugin::Plugin;
 
 /// A message on a stage channel.
 pub enum Msg {

@@ -46,7 +46,10 @@ mod threads;
 mod watchdog;
 mod worker;
 
-pub use chain::{effective_workers, load, prepare, PrepareError, StageSetup};
+#[cfg(test)]
+mod tests;
+
+pub use chain::{effective_workers, prepare, PrepareError, StageSetup};
 pub use error::RunError;
 pub use feeder::{Command, Rebuilt};
 pub use markers::{Handover, SwapOrder, SwapOutcome};
@@ -71,7 +74,7 @@ use self::source::Source;
 use self::threads::Handle;
 use self::watchdog::{describe_busy, Watchdog};
 use crate::config::{PipelinePlan, PlanError, RunOptions, RunPlan};
-use crate::loader::Plugin;
+use crate::plugin::Plugin;
 
 /// How a run ended.
 #[derive(Debug)]

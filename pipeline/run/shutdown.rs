@@ -103,7 +103,7 @@ pub fn listen(
                         );
                         shutdown.remove_temp_output();
                         let _ = dead.flush();
-                        crate::loader::cleanup();
+                        crate::plugin::cleanup();
                         std::process::exit(128 + sig);
                     }
                     shutdown.signal.store(128 + sig, Relaxed);

@@ -101,6 +101,9 @@ impl Source {
                 {
                     return Ok(()); // the run is stopping
                 }
+                if !first {
+                    super::threads::failpoint("reader");
+                }
                 first = false;
                 if !more {
                     break;

@@ -58,6 +58,21 @@ pub fn join_all(handles: impl IntoIterator<Item = Handle>) -> Result<(), RunErro
     first
 }
 
+/// A test hook for the paths no input can reach: in a debug build, a host thread whose
+/// name is in `PIPE_FAILPOINT` (comma-separated: `reader`, `worker`) panics where it
+/// calls this. Release builds have no such hook. Used by faults.rs to prove that a dead
+/// host thread fails the run.
+pub fn failpoint(name: &str) {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var_os("PIPE_FAILPOINT") {
+        if v.to_string_lossy().split(',').any(|f| f == name) {
+            panic!("failpoint `{name}` (PIPE_FAILPOINT)");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 /// The text of a panic payload.
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use pipe_sdk::abi::{ErrorKind, StageBox};
+use pipe_sdk::host::{ErrorKind, HostOutput, StageBox};
 use pipe_sdk::{Batch, Output, Pos};
 
 use super::error::RunError;
@@ -16,7 +16,7 @@ use super::policy::{self, Culprit, Tally};
 use super::stage::StageRuntime;
 use super::watchdog::WatchSlot;
 use crate::config::{Policy, StageSpec};
-use crate::loader::Plugin;
+use crate::plugin::Plugin;
 
 /// What a dispatcher hands its workers.
 pub enum Work {
@@ -69,6 +69,7 @@ impl StageRuntime {
         while let Ok(w) = work.recv() {
             match w {
                 Work::Batch { seq, batch } => {
+                    super::threads::failpoint("worker");
                     let result = self.process(&mut instance, &version, &batch, &mut out, &slot);
                     completed.fetch_add(1, Relaxed);
                     if let Err(e) = result {

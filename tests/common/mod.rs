@@ -84,6 +84,7 @@ pub fn plugins() -> &'static Plugins {
             "test-noroot",
             "test-badabi",
             "test-tagger",
+            "test-ctor",
         ] {
             all.push("-p");
             all.push(p);

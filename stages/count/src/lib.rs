@@ -701,11 +701,10 @@ pipe_sdk::export_stage!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipe_sdk::__private::abi_stable::std_types::RSlice;
     use pipe_sdk::abi::StageBox;
     use pipe_sdk::codec::Format;
     use pipe_sdk::parse_config;
-    use pipe_sdk::testing::{instance, run, run_csv, run_instance, run_jsonl};
+    use pipe_sdk::testing::{self, instance, run, run_csv, run_instance, run_jsonl};
     use serde_json::json;
 
     const ORDERS: &str = "id,country,amount\n\
@@ -728,8 +727,7 @@ mod tests {
     }
 
     fn export(stage: &StageBox) -> Vec<u8> {
-        let state = stage.export_state().into_result().unwrap();
-        state.into_option().unwrap().into_vec()
+        testing::export_state(stage).unwrap().unwrap()
     }
 
     #[test]
@@ -856,9 +854,7 @@ mod tests {
             json!({"by": ["country"], "sum": ["amount"], "min": ["amount"], "max": ["amount"]}),
         )
         .unwrap();
-        new.import_state(RSlice::from_slice(&state))
-            .into_result()
-            .unwrap();
+        testing::import_state(&mut new, &state).unwrap();
         let rest = format!("id,country,amount\n{tail}");
         let second = run_instance(&mut new, Format::Csv, &rest, 2).unwrap();
         assert_eq!(

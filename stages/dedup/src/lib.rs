@@ -186,11 +186,10 @@ pipe_sdk::export_stage!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipe_sdk::__private::abi_stable::std_types::RSlice;
     use pipe_sdk::abi::{ErrorKind, StageBox};
     use pipe_sdk::codec::Format;
     use pipe_sdk::parse_config;
-    use pipe_sdk::testing::{instance, run, run_csv, run_instance, run_jsonl};
+    use pipe_sdk::testing::{self, instance, run, run_csv, run_instance, run_jsonl};
     use serde_json::json;
 
     fn config_error(config: serde_json::Value) -> String {
@@ -206,8 +205,7 @@ mod tests {
     }
 
     fn export(stage: &StageBox) -> Vec<u8> {
-        let state = stage.export_state().into_result().unwrap();
-        state.into_option().unwrap().into_vec()
+        testing::export_state(stage).unwrap().unwrap()
     }
 
     const ORDERS: &str = "id,amount\n1,10\n2,20\n1,11\n3,30\n2,21\n4,40\n";
@@ -267,9 +265,7 @@ mod tests {
         assert!(state.starts_with(b"DDUP\x01"));
 
         let mut new = instance::<Dedup>(config).unwrap();
-        new.import_state(RSlice::from_slice(&state))
-            .into_result()
-            .unwrap();
+        testing::import_state(&mut new, &state).unwrap();
         let second = run_instance(&mut new, Format::Csv, "id\n2\n3\n1\n3\n4\n", 2).unwrap();
         assert_eq!(second.csv(), "id\n3\n4\n");
         // And the new instance's state holds all four keys.
@@ -369,10 +365,7 @@ mod tests {
     #[test]
     fn import_error_crosses_the_abi_as_a_state_error() {
         let mut stage = instance::<Dedup>(json!({"key": ["id"]})).unwrap();
-        let err = stage
-            .import_state(RSlice::from_slice(b"nonsense"))
-            .into_result()
-            .unwrap_err();
+        let err = testing::import_state(&mut stage, b"nonsense").unwrap_err();
         assert_eq!(err.kind, ErrorKind::State);
     }
 

@@ -455,7 +455,7 @@ impl Num {
         let d = match self {
             Num::Dec(d) => d,
             Num::Float(f) => {
-                let text = pipe_sdk::batch::format_f64(f);
+                let text = pipe_sdk::format_f64(f);
                 match Num::parse(&text) {
                     Some(Num::Dec(d)) => d,
                     _ => {
@@ -485,12 +485,12 @@ impl Num {
         }
     }
 
-    /// Writes the number's text into `buf` (floats as [`pipe_sdk::batch::format_f64`]
+    /// Writes the number's text into `buf` (floats as [`pipe_sdk::format_f64`]
     /// does; this one case allocates).
     pub fn write(self, buf: &mut NumBuf) -> std::borrow::Cow<'_, str> {
         match self {
             Num::Dec(d) => std::borrow::Cow::Borrowed(d.write(buf)),
-            Num::Float(f) => std::borrow::Cow::Owned(pipe_sdk::batch::format_f64(f)),
+            Num::Float(f) => std::borrow::Cow::Owned(pipe_sdk::format_f64(f)),
         }
     }
 }

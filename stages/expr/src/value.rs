@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use pipe_sdk::output::RowWriter;
+use pipe_sdk::RowWriter;
 use pipe_sdk::{Kind, Value};
 
 use crate::num::{Num, NumBuf};
@@ -192,7 +192,7 @@ impl<'a> Val<'a> {
 
     /// Writes the value as the next cell of a row: missing as `null`, whole numbers as
     /// ints, exact decimals as floats with their exact text (`12.34`, never
-    /// `12.339999`), other floats as [`pipe_sdk::batch::format_f64`] prints them.
+    /// `12.339999`), other floats as [`pipe_sdk::format_f64`] prints them.
     pub fn write(&self, w: &mut RowWriter<'_>) {
         match self {
             Val::Num(Num::Dec(d)) => {
@@ -249,7 +249,7 @@ fn as_bool(v: &Val<'_>) -> Option<bool> {
             Some(1) => Some(true),
             _ => None,
         },
-        Val::Str(s) => pipe_sdk::batch::parse_bool(s),
+        Val::Str(s) => pipe_sdk::parse_bool(s),
         _ => None,
     }
 }

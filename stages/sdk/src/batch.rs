@@ -383,14 +383,26 @@ impl Batch {
     }
 
     /// Appends a whole row of string cells in one go: `text` holds the fields back to
-    /// back and `ends` the end offset of each (as `csv::ByteRecord` keeps them). The
-    /// caller vouches that every end is a char boundary of `text`.
-    pub fn push_str_row(&mut self, pos: Pos, text: &str, ends: impl Iterator<Item = usize>) {
+    /// back and `ends` the end offset of each (as `csv::ByteRecord` keeps them).
+    ///
+    /// Crate-private, and every end is checked to be a char boundary: a cell cut inside
+    /// a UTF-8 character would make [`Row::raw`] hand out a `&str` that is not UTF-8.
+    /// Outside the crate it cannot be called at all:
+    ///
+    /// ```compile_fail
+    /// let mut b = pipe_sdk::Batch::with_columns(["a", "b"]);
+    /// b.push_str_row(pipe_sdk::Pos::default(), "é", [1, 2].into_iter());
+    /// ```
+    pub(crate) fn push_str_row(&mut self, pos: Pos, text: &str, ends: impl Iterator<Item = usize>) {
         debug_assert_eq!(self.open, 0);
         let base = self.data.len() as u32;
         self.data.extend_from_copy_slice(text.as_bytes());
         let mut start = 0u32;
         for end in ends {
+            assert!(
+                end <= text.len() && text.is_char_boundary(end) && end as u32 >= start,
+                "push_str_row: field end {end} is not a char boundary of the row"
+            );
             let end = end as u32;
             self.cells.push(Cell {
                 start: base + start,
@@ -403,7 +415,7 @@ impl Batch {
     }
 
     /// Drops the row under construction.
-    pub fn abandon_row(&mut self) {
+    pub(crate) fn abandon_row(&mut self) {
         let rows = self.pos.len();
         if rows == 0 {
             return;
@@ -420,7 +432,7 @@ impl Batch {
 
     /// Sets cell `col` of the row under construction, which must already have been pushed.
     /// Used by readers that see fields out of column order.
-    pub fn set_open_cell(&mut self, col: usize, kind: Kind, text: &str) {
+    pub(crate) fn set_open_cell(&mut self, col: usize, kind: Kind, text: &str) {
         let rows = self.pos.len();
         debug_assert!(rows > 0);
         let idx = (rows - 1) * self.names.len() + col;
@@ -434,7 +446,7 @@ impl Batch {
     }
 
     /// Number of cells pushed so far for the row under construction.
-    pub fn open_cells(&self) -> usize {
+    pub(crate) fn open_cells(&self) -> usize {
         self.open as usize
     }
 
@@ -463,7 +475,7 @@ impl Batch {
 
     /// Keeps only rows `keep` (indexes in increasing order), in place: the cell table and
     /// positions are compacted; the text stays where it is in the arena.
-    pub fn retain_rows(&mut self, keep: &[u32]) {
+    pub(crate) fn retain_rows(&mut self, keep: &[u32]) {
         if keep.len() == self.pos.len() {
             // Increasing indexes, as many as rows: every row is kept.
             return;
@@ -483,7 +495,7 @@ impl Batch {
     /// Moves every row `by` lines further down its input; rows a stage made (line 0)
     /// stay at 0. For a host whose input arrives in pieces: a message holding lines
     /// 5001-6000 of a file is read as lines 1-1000 of the message, then shifted.
-    pub fn shift_lines(&mut self, by: u64) {
+    pub(crate) fn shift_lines(&mut self, by: u64) {
         for p in self.pos.iter_mut() {
             if p.line > 0 {
                 p.line += by;
@@ -492,7 +504,7 @@ impl Batch {
     }
 
     /// Appends every row of `other`, which must have the same columns.
-    pub fn extend_from(&mut self, other: &Batch) {
+    pub(crate) fn extend_from(&mut self, other: &Batch) {
         debug_assert!(self.same_columns(other));
         let base = self.data.len() as u32;
         self.data.extend_from_copy_slice(&other.data);

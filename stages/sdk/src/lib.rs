@@ -16,14 +16,23 @@
 //! - `stage`: the author-facing trait, config parsing, panic containment, the export macro.
 //! - `state`: building blocks for state formats (hot-swap handover) and compact keys.
 //! - `abi`: the `abi_stable` root module and stage object (hidden from authors).
+//! - `hostapi`, `host` (feature `host`): what only a host does to an [`Output`] (mark
+//!   the input, take the rows); private, so a stage cannot misuse it.
 //! - `codec` (feature): CSV and JSON-lines readers and writers for batches, used by the
 //!   host and by the test helpers.
+//!
+//! The modules are private and their API is re-exported here (rust-csv's habit): the
+//! crate root is the whole surface. Mutators that could break a batch's invariants
+//! (cutting a cell inside a UTF-8 character, half-built rows) are crate-private.
 #![deny(missing_docs)]
 
 pub mod abi;
-pub mod batch;
-pub mod output;
-pub mod stage;
+mod batch;
+#[cfg(feature = "host")]
+pub mod host;
+mod hostapi;
+mod output;
+mod stage;
 pub mod state;
 pub mod tutorial;
 
@@ -32,7 +41,7 @@ pub mod codec;
 #[cfg(feature = "codec")]
 pub mod testing;
 
-pub use batch::{Batch, Kind, Pos, Row, Value};
+pub use batch::{format_f64, parse_bool, parse_f64, Batch, Kind, Pos, Row, Value};
 pub use output::{Output, Reject, RowWriter};
 pub use stage::{parse_config, Error, Stage};
 
@@ -45,8 +54,10 @@ pub mod prelude {
     pub use serde::Deserialize;
 }
 
+/// What [`export_stage!`] expands to refers to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::stage::new_instance;
     pub use abi_stable;
 }
 

@@ -18,6 +18,7 @@ use abi_stable::{
 };
 
 use crate::batch::{Batch, Kind, Pos, Row, Value};
+use crate::hostapi::HostOutput;
 
 /// A row sent to the dead-letter path: the index of the input row and why.
 #[repr(C)]
@@ -140,17 +141,25 @@ impl Output {
         self.len() == 0
     }
 
+    /// The rejects written so far.
+    pub fn rejects(&self) -> &[Reject] {
+        &self.rejects
+    }
+}
+
+impl HostOutput for Output {
+    // Documented on the trait.
     /// Marks `input` as the batch being processed, so that its rows can be passed on
     /// without a copy. The host calls it (after [`clear`](Output::clear)) before each
     /// `process`; `input` must stay alive and unchanged until [`resolve`](Output::resolve).
-    pub fn begin(&mut self, input: &Batch) {
+    fn begin(&mut self, input: &Batch) {
         self.input = input as *const Batch as usize;
     }
 
     /// Takes the output for `input` (the batch given to [`begin`](Output::begin)): its
     /// kept rows in place, then the rows written, with the output's columns. Leaves the
     /// output empty.
-    pub fn resolve(&mut self, mut input: Batch) -> Batch {
+    fn resolve(&mut self, mut input: Batch) -> Batch {
         self.input = 0;
         if self.kept.is_empty() {
             return self.take_batch();
@@ -168,13 +177,8 @@ impl Output {
         input
     }
 
-    /// The rejects written so far.
-    pub fn rejects(&self) -> &[Reject] {
-        &self.rejects
-    }
-
     /// Empties the output, keeping its buffers. The host calls it before each batch.
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.batch.clear_rows();
         self.rejects.clear();
         self.kept.clear();
@@ -183,12 +187,12 @@ impl Output {
 
     /// Gives the rows to the caller, leaving an empty batch with the same allocation
     /// strategy behind.
-    pub fn take_batch(&mut self) -> Batch {
+    fn take_batch(&mut self) -> Batch {
         std::mem::take(&mut self.batch)
     }
 
     /// Swaps the output's rows with `batch` (the host recycles buffers this way).
-    pub fn swap_batch(&mut self, batch: &mut Batch) {
+    fn swap_batch(&mut self, batch: &mut Batch) {
         std::mem::swap(&mut self.batch, batch);
     }
 }

@@ -260,7 +260,7 @@ macro_rules! export_stage {
             extern "C" fn new(
                 config: abi::std_types::RStr<'_>,
             ) -> abi::std_types::RResult<$crate::abi::StageBox, $crate::abi::StageError> {
-                $crate::stage::new_instance::<$ty>(config.as_str())
+                $crate::__private::new_instance::<$ty>(config.as_str())
             }
 
             /// The root module, as `abi_stable` loads it.
@@ -282,6 +282,11 @@ macro_rules! export_stage {
                 pub extern "C" fn erased() -> abi::library::RootModuleResult {
                     abi::library::__call_root_module_loader(root_module)
                 }
+                // SAFETY: `from_constructor` requires that `erased` builds the root module
+                // of the type it is instantiated with: it does (`root_module` returns a
+                // `StageMod_Ref`), and `CheckTypeLayout::Yes` makes abi_stable compare the
+                // layouts at load time, so a mismatched host refuses the library instead of
+                // misreading it. This is exactly what `#[export_root_module]` generates.
                 unsafe {
                     abi::library::LibHeader::from_constructor::<$crate::abi::StageMod_Ref>(
                         erased,

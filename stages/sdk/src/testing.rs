@@ -9,6 +9,7 @@
 use crate::abi::StageError;
 use crate::batch::Batch;
 use crate::codec::{self, Format};
+use crate::hostapi::HostOutput;
 use crate::output::Output;
 use crate::stage::{new_instance, Stage};
 
@@ -138,4 +139,30 @@ pub fn run_instance(
         run.batches.push(out.take_batch());
     }
     Ok(run)
+}
+
+/// The state `stage` would hand to a new version at a hot swap (`None`: it keeps none),
+/// as the host asks for it.
+pub fn export_state(stage: &crate::abi::StageBox) -> Result<Option<Vec<u8>>, StageError> {
+    stage
+        .export_state()
+        .into_result()
+        .map(|s| s.into_option().map(|v| v.into_vec()))
+}
+
+/// Gives `stage` the `state` a previous version exported, as the host does at a swap.
+pub fn import_state(stage: &mut crate::abi::StageBox, state: &[u8]) -> Result<(), StageError> {
+    stage.import_state(state.into()).into_result()
+}
+
+/// A hot swap's hand-over, as the host does it: `old`'s exported state into `new`.
+/// `Ok(false)` when `old` keeps no state.
+pub fn hand_over(
+    old: &crate::abi::StageBox,
+    new: &mut crate::abi::StageBox,
+) -> Result<bool, StageError> {
+    match export_state(old)? {
+        None => Ok(false),
+        Some(state) => import_state(new, &state).map(|()| true),
+    }
 }

@@ -115,7 +115,7 @@ impl Rule {
         match self {
             Rule::Int => text.trim().parse::<i64>().is_ok(),
             Rule::Float => text.trim().parse::<f64>().is_ok_and(f64::is_finite),
-            Rule::Bool => pipe_sdk::batch::parse_bool(text).is_some(),
+            Rule::Bool => pipe_sdk::parse_bool(text).is_some(),
             Rule::Date => is_date(text),
             Rule::Email => is_email(text),
             Rule::Regex(re) => re.is_match(text),
