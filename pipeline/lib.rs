@@ -9,6 +9,8 @@
 //! - [`reload`]: hot reload: file watching, the coordinator, the pure plan diff.
 //! - [`run`]: one run: source, feeder, chain (dispatchers and workers), markers, policy,
 //!   sink, atomic output, shutdown, watchdog, stats, dead letter.
+//! - [`jetstream`]: NATS JetStream streams as a run's input and output (the run calls in
+//!   at its source, feeder and sink), acks after the sink, `pipe publish`.
 //! - [`plugin`]: the one `Plugin` and its one load path: find, check (trust, sha256,
 //!   structure, probe, ABI layout, manifest) and open; a backend per kind of stage
 //!   (`plugin::library`: native `cdylib`; `plugin::process`: children speaking JSON
@@ -18,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod jetstream;
 pub mod plugin;
 pub mod reload;
 pub mod run;

@@ -38,6 +38,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CommandLine {
+    /// Split files into batch messages on a NATS JetStream subject, for `pipe run`
+    /// instances that read the stream to share (README, "Scaling out").
+    Publish(crate::jetstream::publish::PublishArgs),
     /// Run a pipeline over stdin or files.
     #[command(
         after_help = "PIPELINE may be left out: the first argument is taken as a \

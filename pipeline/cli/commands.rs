@@ -1,5 +1,5 @@
 //! The subcommands besides `pipe run`: planning a run from the command line, `pipe
-//! check`, `pipe stages`, and the tools (bench, generate, new, test, completions, man).
+//! check`, `pipe stages`, `pipe publish`, and the tools (bench, generate, new, test, completions, man).
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +50,26 @@ pub fn plan_run(
     Ok((cfg.plan(&path, &name)?, files))
 }
 
+/// `pipe publish`: files into batch messages on a JetStream subject.
+pub fn publish(args: crate::jetstream::publish::PublishArgs) -> Exit {
+    match crate::jetstream::publish::run(&args) {
+        Ok(p) if p.inputs > 0 => {
+            tracing::info!(
+                "published {} records in {} messages from {} input{} to {}",
+                p.records,
+                p.messages,
+                p.inputs,
+                if p.inputs == 1 { "" } else { "s" },
+                args.to
+            );
+            Exit::Ok
+        }
+        Ok(_) => Exit::Ok,
+        Err(e) if e.is_usage() => fail(Exit::Usage, &e),
+        Err(e) => fail(Exit::Failed, &e),
+    }
+}
+
 /// `pipe check`: loads every stage of the pipeline with its config.
 pub fn check(args: CheckArgs) -> Exit {
     let path = config_path(args.config.as_deref());
@@ -78,6 +98,15 @@ pub fn check(args: CheckArgs) -> Exit {
         Ok(s) => s,
         Err(e) => return fail(Exit::Failed, &e),
     };
+    // What `pipe run` refuses must not pass the check (jetstream.rs:
+    // bad_urls_and_missing_streams_are_named).
+    for s in &setups {
+        if let Err(e) =
+            crate::jetstream::check_stateful(&plan, &s.spec.name, s.plugin.manifest.stateful)
+        {
+            return fail(Exit::Failed, &e);
+        }
+    }
     outln!(
         "pipeline `{}`{}: {} stage{}, ok",
         plan.name,

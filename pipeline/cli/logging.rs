@@ -52,6 +52,16 @@ pub fn init(verbose: u8, quiet: u8) {
         (1, _) => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
     };
+    // The NATS client reports every connection at info level; its warnings (a lost
+    // connection, a reconnect) are what a user of `pipe` needs. `-vv` shows it all.
+    let filter = if verbose < 2 {
+        match "async_nats=warn".parse() {
+            Ok(d) => filter.add_directive(d),
+            Err(_) => filter,
+        }
+    } else {
+        filter
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

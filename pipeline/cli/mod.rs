@@ -24,6 +24,7 @@ pub use exit::Exit;
 pub fn execute(command: CommandLine) -> Exit {
     match command {
         CommandLine::Run(args) => run::run(args),
+        CommandLine::Publish(args) => commands::publish(args),
         CommandLine::Check(args) => commands::check(args),
         CommandLine::Stages(args) => commands::stages(args),
         CommandLine::Bench(args) => commands::bench(args),

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pipe_sdk::codec::Format;
 use serde::Deserialize;
 
 /// The whole config file.
@@ -54,10 +53,12 @@ pub struct SettingsConfig {
 pub struct PipelineConfig {
     /// One line for `pipe check` and `--help` listings.
     pub description: Option<String>,
-    /// Input format when neither a flag nor a file extension says.
-    pub input: Option<Format>,
-    /// Output format when neither a flag nor `-o`'s extension says.
-    pub output: Option<Format>,
+    /// Input format when neither a flag nor a file extension says; or a JetStream
+    /// stream to read (`jetstream::config`).
+    pub input: Option<crate::jetstream::config::InputKey>,
+    /// Output format when neither a flag nor `-o`'s extension says; or a JetStream
+    /// stream to write.
+    pub output: Option<crate::jetstream::config::OutputKey>,
     /// Dead-letter file (relative to the working directory).
     pub dead_letter: Option<PathBuf>,
     /// Policy for records the source cannot read.
@@ -319,8 +320,15 @@ impl PipelinesConfig {
             name: name.to_string(),
             description: p.description.clone(),
             config_path: path.to_path_buf(),
-            input: p.input,
-            output: p.output,
+            input: p.input.as_ref().and_then(|i| i.format()),
+            output: p.output.as_ref().and_then(|o| o.format()),
+            jetstream: crate::jetstream::config::Endpoints::resolve(
+                name,
+                &base,
+                p.input.as_ref(),
+                p.output.as_ref(),
+            )
+            .map_err(invalid)?,
             dead_letter: p.dead_letter.clone(),
             on_bad_input: p.on_bad_input.unwrap_or_default(),
             batch_size,

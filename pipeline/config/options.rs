@@ -73,6 +73,9 @@ pub enum PlanError {
     /// `-` named twice.
     #[error("stdin (`-`) can be read only once")]
     StdinTwice,
+    /// Options that do not fit a pipeline reading a stream (files, `-o`).
+    #[error("{0}")]
+    Stream(String),
     /// A `dead-letter` policy with no file.
     #[error(
         "pipeline `{pipeline}` sends records to the dead letter, but no file is set: add \
@@ -103,7 +106,12 @@ impl RunPlan {
                 s.workers = w;
             }
         }
-        let inputs = if opts.inputs.is_empty() {
+        let stream_inputs =
+            crate::jetstream::resolve_inputs(&pipeline, &opts.inputs, opts.output.as_deref())
+                .map_err(|e| PlanError::Stream(e.to_string()))?;
+        let inputs = if let Some(names) = stream_inputs {
+            names
+        } else if opts.inputs.is_empty() {
             vec!["-".to_string()]
         } else {
             opts.inputs

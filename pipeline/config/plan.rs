@@ -107,6 +107,8 @@ pub struct PipelinePlan {
     pub debounce: Duration,
     /// The stages.
     pub stages: Vec<StageSpec>,
+    /// JetStream streams as input or output, if any.
+    pub jetstream: crate::jetstream::config::Endpoints,
 }
 
 impl PipelinePlan {

@@ -143,6 +143,11 @@ impl Coordinator {
                 Err(e) => return refuse(e.to_string()),
             },
         };
+        if let Err(e) =
+            crate::jetstream::check_stateful(&self.plan, &name, plugin.manifest.stateful)
+        {
+            return refuse(e.to_string());
+        }
         if plugin.manifest.stateful && live.workers > 1 {
             return refuse(format!(
                 "the new version is stateful but the stage runs {} workers; restart the run",
@@ -260,6 +265,13 @@ impl Coordinator {
                 return;
             }
         };
+        if let Some(e) = setups.iter().find_map(|s| {
+            crate::jetstream::check_stateful(&new_plan, &s.spec.name, s.plugin.manifest.stateful)
+                .err()
+        }) {
+            tracing::warn!("config change ignored, the pipeline runs on unchanged: {e}");
+            return;
+        }
         let live: Vec<Live> = setups
             .iter()
             .map(|s| Live {

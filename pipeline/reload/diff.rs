@@ -65,6 +65,9 @@ pub fn diff(old: &PipelinePlan, new: &PipelinePlan) -> PlanDiff {
     if old.dead_letter != new.dead_letter {
         next_run_only.push("dead_letter");
     }
+    if old.jetstream != new.jetstream {
+        next_run_only.push("input/output stream");
+    }
     let same_shape = old.stages.len() == new.stages.len()
         && old
             .stages

@@ -20,6 +20,10 @@ pub struct DeadLetter {
     path: Option<PathBuf>,
     file: Mutex<Option<BufWriter<File>>>,
     inputs: Vec<String>,
+    /// Inputs named while the run goes on (a stream's messages name theirs), after
+    /// `inputs`. Leaked so that [`DeadLetter::input_name`] can lend them like the
+    /// others: one string per distinct name, a few bytes each.
+    more: Mutex<Vec<&'static str>>,
 }
 
 impl DeadLetter {
@@ -30,12 +34,38 @@ impl DeadLetter {
             path,
             file: Mutex::new(None),
             inputs,
+            more: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The index of input `name`, added when new (for records of a stream, whose
+    /// messages name the input they came from).
+    pub fn register_input(&self, name: &str) -> u32 {
+        if let Some(i) = self.inputs.iter().position(|n| n == name) {
+            return i as u32;
+        }
+        let mut more = self.more.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match more.iter().position(|n| *n == name) {
+            Some(i) => i,
+            None => {
+                more.push(Box::leak(name.to_string().into_boxed_str()));
+                more.len() - 1
+            }
+        };
+        (self.inputs.len() + i) as u32
     }
 
     /// The name of input `i` (as given on the command line, `-` for stdin).
     pub fn input_name(&self, i: u32) -> &str {
-        self.inputs.get(i as usize).map_or("?", |s| s.as_str())
+        match self.inputs.get(i as usize) {
+            Some(s) => s,
+            None => {
+                let more = self.more.lock().unwrap_or_else(|e| e.into_inner());
+                more.get(i as usize - self.inputs.len())
+                    .copied()
+                    .unwrap_or("?")
+            }
+        }
     }
 
     /// The file, if any.

@@ -61,6 +61,9 @@ pub struct Feeder {
     pub sink: Sender<Msg>,
     /// The run's shared parts.
     pub ctx: Arc<Context>,
+    /// With a stream input, where each batch's message is tagged with the number given
+    /// here (jetstream/source.rs).
+    pub acks: Option<Arc<crate::jetstream::source::AckTracker>>,
 }
 
 impl Feeder {
@@ -74,7 +77,14 @@ impl Feeder {
             mut chain,
             sink,
             ctx,
+            acks,
         } = self;
+        // Before the batch is sent, so that the sink always finds its tag.
+        let tag = |seq: u64| {
+            if let Some(a) = &acks {
+                a.fed(seq);
+            }
+        };
         let mut seq = 0u64;
         let mut commands = Some(commands);
         let never = crossbeam_channel::never();
@@ -85,6 +95,7 @@ impl Feeder {
                 recv(batches) -> b => match b {
                     Ok(batch) => {
                         let n = batch.len() as u64;
+                        tag(seq);
                         if !send(&chain, Msg::Batch { seq, batch }) {
                             return chain.join(); // a stage died: its error says why
                         }
@@ -128,6 +139,7 @@ impl Feeder {
                     ctx.shutdown.stop_reading();
                     while let Ok(batch) = batches.recv_timeout(Duration::from_millis(200)) {
                         let n = batch.len() as u64;
+                        tag(seq);
                         if !send(&chain, Msg::Batch { seq, batch }) {
                             return chain.join();
                         }

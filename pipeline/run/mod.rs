@@ -34,7 +34,7 @@ pub mod error;
 mod feeder;
 mod markers;
 mod output;
-mod policy;
+pub mod policy;
 pub mod progress;
 mod reorder;
 mod shutdown;
@@ -114,6 +114,9 @@ pub enum StartError {
     /// A thread of the run could not be started.
     #[error(transparent)]
     Thread(#[from] RunError),
+    /// A JetStream input or output cannot be used.
+    #[error(transparent)]
+    JetStream(#[from] crate::jetstream::JetStreamError),
 }
 
 /// Reports a message at `info` level (shown unless `-q`).
@@ -147,6 +150,8 @@ pub struct Running {
     out: Box<dyn Write + Send>,
     commands: Option<Sender<Command>>,
     loaded: Vec<(Arc<Plugin>, usize)>,
+    /// The sink's part of a run with a stream (jetstream/sink.rs).
+    acking: Option<crate::jetstream::sink::AckingSink>,
     started: Instant,
     _signals: Option<SignalListener>,
 }
@@ -190,6 +195,13 @@ impl Running {
         }
         let started = Instant::now();
         let cap = plan.pipeline.channel_capacity;
+        let mut jetstream = crate::jetstream::JetStreamRun::start(
+            &plan.pipeline,
+            &setups,
+            plan.output_format,
+            ctx.dead.clone(),
+            ctx.fatal.clone(),
+        )?;
 
         // Reader → feeder; written batches go back to the reader for reuse.
         let (batch_tx, batch_rx) = bounded::<Batch>(cap);
@@ -205,7 +217,25 @@ impl Running {
             pool: pool_rx,
             shutdown: ctx.shutdown.clone(),
         };
-        let reader = threads::spawn("reader", move || source.run())?;
+        // A stream input replaces the file reader (jetstream/source.rs).
+        let stream = jetstream.as_mut().and_then(|j| {
+            let shutdown = ctx.shutdown.clone();
+            j.take_source(
+                &plan.pipeline,
+                ctx.dead.clone(),
+                ctx.stats.clone(),
+                source.tx.clone(),
+                source.pool.clone(),
+                Box::new(move || shutdown.reading_stopped()),
+            )
+        });
+        let reader = match stream {
+            Some(stream) => {
+                drop(source);
+                threads::spawn("reader", move || stream.run())?
+            }
+            None => threads::spawn("reader", move || source.run())?,
+        };
 
         // Signals, chain, feeder.
         let (sig_tx, signals) = bounded::<i32>(4);
@@ -230,6 +260,7 @@ impl Running {
             chain,
             sink: sink_tx,
             ctx: ctx.clone(),
+            acks: jetstream.as_ref().and_then(|j| j.tracker.clone()),
         };
         let feeder = threads::spawn("feeder", move || feeder.run())?;
         Ok(Running {
@@ -243,6 +274,7 @@ impl Running {
             out,
             commands: Some(commands),
             loaded,
+            acking: jetstream.as_mut().and_then(|j| j.take_sink()),
             started,
             _signals: signals_listener,
         })
@@ -298,6 +330,7 @@ impl Running {
             ctx,
             progress: progress.as_ref(),
             pool: self.pool,
+            acking: self.acking.take(),
         }
         .run();
         if let Some(p) = &progress {

@@ -34,6 +34,9 @@ pub struct Sink<'a> {
     pub progress: Option<&'a Progress>,
     /// Written batches go back to the reader, so their buffers are reused.
     pub pool: Sender<Batch>,
+    /// With a stream involved: writes or publishes each batch, then acks its message
+    /// (jetstream/sink.rs).
+    pub acking: Option<crate::jetstream::sink::AckingSink>,
 }
 
 impl Sink<'_> {
@@ -47,6 +50,7 @@ impl Sink<'_> {
             ctx,
             progress,
             pool,
+            mut acking,
         } = self;
         let mut writer = codec::writer(format, out);
         let mut order: Reorder<Msg> = Reorder::new(0);
@@ -79,8 +83,12 @@ impl Sink<'_> {
                         order.push(msg.seq(), msg);
                         while let Some(msg) = order.pop() {
                             match msg {
-                                Msg::Batch { mut batch, .. } => {
-                                    if let Err(e) = writer.write_batch(&batch) {
+                                Msg::Batch { seq, mut batch } => {
+                                    let written = match acking.as_mut() {
+                                        Some(a) => a.write(seq, &batch, &mut *writer),
+                                        None => writer.write_batch(&batch),
+                                    };
+                                    if let Err(e) = written {
                                         return write_error(e);
                                     }
                                     ctx.stats.written.fetch_add(batch.len() as u64, Relaxed);
@@ -98,6 +106,9 @@ impl Sink<'_> {
                         if rx.is_empty() {
                             if let Err(e) = writer.flush() {
                                 return write_error(codec::WriteError::Io(e));
+                            }
+                            if let Some(a) = acking.as_mut() {
+                                a.flushed();
                             }
                         }
                     }
@@ -132,6 +143,10 @@ impl Sink<'_> {
         }
         if let Err(e) = writer.flush() {
             return write_error(codec::WriteError::Io(e));
+        }
+        if let Some(a) = acking {
+            // Acks what was written, waits for the output stream, returns the rest.
+            tracing::info!("{}", a.finish());
         }
         Outcome::Done
     }

@@ -273,6 +273,7 @@ fn a_rebuild_drains_the_chain_and_the_new_chain_takes_the_state_by_name() {
         chain,
         sink: sink_tx,
         ctx: ctx.clone(),
+        acks: None,
     };
     let feeder = threads::spawn("feeder", move || feeder.run()).unwrap();
     let collector = std::thread::spawn(move || collect(sink_rx));

@@ -164,9 +164,12 @@ pub struct BenchOptions {
 
 /// Benchmarks `plan`.
 pub fn bench(
-    plan: crate::config::PipelinePlan,
+    mut plan: crate::config::PipelinePlan,
     opts: BenchOptions,
 ) -> Result<BenchReport, Box<dyn std::error::Error>> {
+    // The stages are measured on files: a pipeline's streams are neither read nor
+    // written (that would take real messages from its consumer).
+    plan.jetstream = Default::default();
     let tmp;
     let format = plan.input.unwrap_or(Format::Csv);
     let files = if opts.files.is_empty() {

@@ -147,6 +147,8 @@ fn run_case(
         }
     };
     plan.watch = false;
+    // A case tests the stages on its own records, never the pipeline's streams.
+    plan.jetstream = Default::default();
     let input_format = case.input_format.or(plan.input).unwrap_or(Format::Csv);
     let output_format = case.output_format.or(plan.output).unwrap_or(input_format);
     let dir = scratch_dir()?;

@@ -5,10 +5,10 @@
 //! stopped: a guest that loops, traps or eats memory costs one batch, not the run.
 //!
 //! # Layout
-//! - this file: [`load`] (trust and pin checks, compile, import and export checks, the
+//! - this file: `load` (trust and pin checks, compile, import and export checks, the
 //!   manifest of a probe instance) and the [`Backend`] that makes instances;
 //! - `sandbox`: the engine and its epoch ticker, the limits (`memory_mb`, `timeout_ms`),
-//!   the `log`/`panic` imports, one instance's calls and how they fail ([`sandbox::Fault`]);
+//!   the `log`/`panic` imports, one instance's calls and how they fail (`sandbox::Fault`);
 //! - `stage`: the runtime's view of an instance (`StageObject`), fault → outcome, and
 //!   re-creating an instance after a trap.
 //!

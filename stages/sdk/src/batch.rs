@@ -501,6 +501,17 @@ impl Batch {
         self.pos = pos;
     }
 
+    /// Moves every row `by` lines further down its input; rows a stage made (line 0)
+    /// stay at 0. For a host whose input arrives in pieces: a message holding lines
+    /// 5001-6000 of a file is read as lines 1-1000 of the message, then shifted.
+    pub(crate) fn shift_lines(&mut self, by: u64) {
+        for p in self.pos.iter_mut() {
+            if p.line > 0 {
+                p.line += by;
+            }
+        }
+    }
+
     /// Appends every row of `other`, which must have the same columns.
     #[cfg_attr(not(any(feature = "host", feature = "codec")), allow(dead_code))]
     pub(crate) fn extend_from(&mut self, other: &Batch) {

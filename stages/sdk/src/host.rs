@@ -6,4 +6,4 @@ pub use crate::abi::{
     ErrorKind, Manifest, StageBox, StageError, StageMod, StageMod_Ref, StageObject, StageObject_TO,
     SDK_VERSION,
 };
-pub use crate::hostapi::HostOutput;
+pub use crate::hostapi::{HostBatch, HostOutput};

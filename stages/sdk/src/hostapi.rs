@@ -1,7 +1,8 @@
-//! What only a host does to an [`Output`]: mark the input batch, take the rows, reuse
-//! the buffers. The trait lives in a private module, so a stage author cannot name it;
-//! the host reaches it through [`crate::host`] (feature `host`), and the SDK's own
-//! codec and test helpers use it directly.
+//! What only a host does to an [`Output`] (mark the input batch, take the rows, reuse
+//! the buffers) and to a [`Batch`] (shift its lines, for input that arrives in pieces).
+//! The traits live in a private module, so a stage author cannot name them; the host
+//! reaches them through [`crate::host`] (feature `host`), and the SDK's own codec and
+//! test helpers use them directly.
 
 use crate::batch::Batch;
 
@@ -25,4 +26,18 @@ pub trait HostOutput {
     fn take_batch(&mut self) -> Batch;
     /// Swaps the output's rows with `batch` (the host recycles buffers this way).
     fn swap_batch(&mut self, batch: &mut Batch);
+}
+
+/// Host-side operations on a [`Batch`].
+pub trait HostBatch {
+    /// Moves every row `by` lines further down its input; rows a stage made (line 0)
+    /// stay at 0. For a host whose input arrives in pieces: a message holding lines
+    /// 5001-6000 of a file is read as lines 1-1000 of the message, then shifted.
+    fn shift_lines(&mut self, by: u64);
+}
+
+impl HostBatch for Batch {
+    fn shift_lines(&mut self, by: u64) {
+        Batch::shift_lines(self, by)
+    }
 }

@@ -15,6 +15,7 @@
 //! | `error_in_new = true` | `new` returns `Err("config refused")` |
 //! | `panic_in_finish = true` | `finish` panics (`"boom in finish"`) |
 //! | `emit_in_finish = N` | `finish` pushes `N` rows whose `field` is `finish-0` … `finish-{N-1}` |
+//! | `delay_ms = N` | `process` sleeps `N` ms per batch: a slow stage, so that a test can stop or kill a run mid-stream |
 //!
 //! Within one row the faults are tried in the order of the table.
 
@@ -56,6 +57,9 @@ pub struct FaultyConfig {
     /// Rows to emit in `finish`.
     #[serde(default)]
     pub emit_in_finish: u64,
+    /// Sleep this long per batch.
+    #[serde(default)]
+    pub delay_ms: u64,
 }
 
 fn default_field() -> String {
@@ -86,6 +90,9 @@ impl Stage for Faulty {
 
     fn process(&mut self, input: &Batch, out: &mut Output) -> Result<(), Error> {
         let c = &self.config;
+        if c.delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(c.delay_ms));
+        }
         out.columns_like(input);
         for row in input.rows() {
             let value = row.get_str(&c.field);
