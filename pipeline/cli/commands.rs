@@ -104,6 +104,13 @@ pub fn check(args: CheckArgs) -> Exit {
 
 /// `pipe stages`: every plugin file in the search directories, loaded and checked.
 pub fn stages(args: StagesArgs) -> Exit {
+    // A directory the user named must exist: listing nothing for a typo would read as
+    // "no plugins there" (loading.rs: `pipe_stages_with_a_missing_dir_is_an_error`).
+    for d in &args.dirs {
+        if !d.is_dir() {
+            return fail(Exit::Usage, &format!("{}: no such directory", d.display()));
+        }
+    }
     let mut dirs: Vec<PathBuf> = args.dirs.clone();
     let path = config_path(args.config.as_deref());
     if let Ok(cfg) = PipelinesConfig::load(&path) {
@@ -258,13 +265,43 @@ pub fn completions(args: CompletionsArgs) -> Exit {
     Exit::Ok
 }
 
-/// `pipe man`: the man page, generated from the clap definition.
+/// `pipe man`: the man page, generated from the clap definition: the top level as clap_mangen
+/// renders it, then one section per subcommand with its full `--help` (usage, every
+/// option, examples), so the page covers everything `pipe SUB --help` would say.
 pub fn man() -> Exit {
     use clap::CommandFactory;
-    let cmd = super::Cli::command();
-    match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+    let mut cmd = super::Cli::command();
+    cmd.build();
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(cmd.clone()).render(&mut page) {
+        return fail(Exit::Failed, &e);
+    }
+    for sub in cmd.get_subcommands_mut() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let name = format!("pipe {}", sub.get_name());
+        let help = sub.clone().bin_name(&name).render_long_help().to_string();
+        page.extend_from_slice(format!(".SH \"{}\"\n.nf\n", name.to_uppercase()).as_bytes());
+        for line in help.lines() {
+            page.extend_from_slice(roff_line(line).as_bytes());
+            page.push(b'\n');
+        }
+        page.extend_from_slice(b".fi\n");
+    }
+    match print_out(format_args!("{}", String::from_utf8_lossy(&page))) {
         Ok(()) => Exit::Ok,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
-        Err(e) => fail(Exit::Failed, &e),
+        Err(code) => code,
+    }
+}
+
+/// One line of preformatted text as roff: backslashes escaped, and a leading `.` or `'`
+/// (which roff would read as a request) made literal.
+fn roff_line(line: &str) -> String {
+    let line = line.replace('\\', "\\e");
+    if line.starts_with('.') || line.starts_with('\'') {
+        format!("\\&{line}")
+    } else {
+        line
     }
 }

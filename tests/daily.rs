@@ -1,0 +1,234 @@
+//! Daily use without surprises (issue 13), through the real binary: every example in
+//! `--help` and `pipe man` runs as shown, `pipe bench` feeds a pipeline data that fits
+//! it and writes nothing the user did not ask for, optional-value flags do not swallow
+//! the next argument, named directories must exist, and notes are only said when new.
+
+mod common;
+
+use std::path::Path;
+
+use common::{pipe_bin, Sandbox};
+
+/// A sandbox laid out like a checkout: the shipped pipelines.toml (its `plugin_dir`
+/// dropped, the plugins sit next to the binary under test), samples/ and the shipped
+/// pipeline tests.
+fn checkout() -> Sandbox {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = std::fs::read_to_string(root.join("pipelines.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("plugin_dir"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let sb = Sandbox::with_config(&config);
+    for dir in ["samples", "tests/pipelines"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let name = format!("{dir}/{}", p.file_name().unwrap().to_str().unwrap());
+            sb.write(&name, std::fs::read(&p).unwrap());
+        }
+    }
+    sb
+}
+
+/// The lines of every `Examples:` block in `text` that start with `pipe`, with the
+/// trailing explanation (two or more spaces, then words) cut off.
+fn examples(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("Examples") {
+            inside = true;
+            continue;
+        }
+        if !line.starts_with("  ") {
+            inside = false;
+            continue;
+        }
+        let cmd = line.trim();
+        if inside && cmd.starts_with("pipe ") {
+            let cmd = cmd.split("    ").next().unwrap().trim().to_string();
+            out.push(cmd);
+        }
+    }
+    out
+}
+
+/// Every example of `pipe --help`, each `pipe SUB --help` and `pipe man` runs as shown
+/// in a checkout-like sandbox, with exit 0 (issue 13, item 1).
+#[test]
+fn every_help_and_man_example_runs_as_shown() {
+    let sb = checkout();
+    let subs = [
+        "run",
+        "check",
+        "stages",
+        "bench",
+        "generate",
+        "test",
+        "completions",
+        "man",
+        "new",
+    ];
+    let mut all = Vec::new();
+    let top = sb.run(&["--help"], "");
+    assert_eq!(top.code, 0, "{}", top.stderr);
+    all.extend(examples(&top.stdout));
+    for sub in subs {
+        let h = sb.run(&[sub, "--help"], "");
+        assert_eq!(h.code, 0, "{sub}: {}", h.stderr);
+        all.extend(examples(&h.stdout));
+    }
+    // The man page carries the same examples: none of its own left untested.
+    let man = sb.run(&["man"], "");
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    // roff escapes hyphens (`\-`); compare the text a reader sees.
+    let man_text = man.stdout.replace("\\-", "-").replace("\\e", "\\");
+    for e in &all {
+        assert!(
+            man_text.contains(e.as_str()),
+            "man page lacks the example `{e}`"
+        );
+    }
+    all.sort();
+    all.dedup();
+    assert!(all.len() >= 10, "too few examples found: {all:?}");
+    let bin_dir = pipe_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for e in &all {
+        let res = std::process::Command::new("sh")
+            .args(["-c", e])
+            .current_dir(sb.path(""))
+            .env("PATH", &path)
+            .env_remove("PIPE_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        if e == "pipe stages" {
+            // The test harness puts deliberately broken plugins (badabi, noroot) next to
+            // the binary under test, so the listing fails overall here; what the example
+            // promises is that the shipped plugins are found and load.
+            let listing = String::from_utf8_lossy(&res.stdout);
+            for shipped in ["compute", "count", "dedup", "filter", "mask", "select"] {
+                assert!(
+                    listing
+                        .lines()
+                        .any(|l| l.starts_with(shipped) && l.contains(" ok ")),
+                    "`pipe stages` did not list {shipped}:\n{listing}"
+                );
+            }
+            continue;
+        }
+        assert!(
+            res.status.success(),
+            "example `{e}` failed ({:?}):\n{}",
+            res.status,
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+}
+
+/// `pipe bench events` generates events (the pipeline's input), not orders that the
+/// validate stage rejects, and never writes the pipeline's dead-letter file (item 2).
+#[test]
+fn bench_on_events_generates_events_and_writes_nothing_else() {
+    let sb = checkout();
+    let before: Vec<_> = std::fs::read_dir(sb.path("")).unwrap().collect();
+    let out = sb.run(
+        &[
+            "bench",
+            "events",
+            "--records",
+            "3000",
+            "--runs",
+            "1",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(r["stats"]["written"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        !sb.path("rejects.jsonl").exists(),
+        "bench wrote the dead letter"
+    );
+    let after: Vec<_> = std::fs::read_dir(sb.path("")).unwrap().collect();
+    assert_eq!(before.len(), after.len(), "bench left files behind");
+}
+
+/// `--stats FILE` reads FILE and prints the table; only `--stats=json` picks a format
+/// (item 3).
+#[test]
+fn stats_flag_does_not_swallow_the_next_argument() {
+    let sb = Sandbox::with_config("[pipelines.convert]\n");
+    sb.write("in.csv", "id\n1\n2\n");
+    let out = sb.run(&["run", "--stats", "in.csv"], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "id\n1\n2\n");
+    assert!(out.stderr.contains("written"), "{}", out.stderr);
+    let json = sb.run(&["run", "--stats=json", "in.csv"], "");
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert!(json.stats().is_some(), "{}", json.stderr);
+}
+
+/// `pipe stages DIR` with a directory that does not exist is an error, not an empty
+/// listing (item 12).
+#[test]
+fn pipe_stages_with_a_missing_dir_is_an_error() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["stages", "no-such-dir"], "");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("no-such-dir"), "{}", out.stderr);
+}
+
+/// `--workers N` applies to stateless stages, as documented: running `dedup` with one
+/// worker is the rule, not news, so nothing is printed about it (item 10).
+#[test]
+fn workers_flag_says_nothing_about_stateful_stages() {
+    let sb = Sandbox::with_config(
+        "[[pipelines.default.stages]]\nplugin = \"dedup\"\nconfig = { key = [\"id\"] }\n",
+    );
+    let out = sb.run(&["run", "--workers", "4"], "id\n1\n1\n2\n");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "id\n1\n2\n");
+    assert!(!out.stderr.contains("stateful"), "{}", out.stderr);
+    common::assert_clean_stderr(&out.stderr);
+}
+
+/// `pipe man` covers every subcommand with its options (item 13).
+#[test]
+fn man_page_covers_every_subcommand() {
+    let sb = Sandbox::new();
+    let man = sb.run(&["man"], "");
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    for sub in [
+        "RUN",
+        "CHECK",
+        "STAGES",
+        "BENCH",
+        "GENERATE",
+        "TEST",
+        "COMPLETIONS",
+        "MAN",
+        "NEW",
+    ] {
+        assert!(
+            man.stdout.contains(&format!(".SH \"PIPE {sub}\"")),
+            "no section for {sub}"
+        );
+    }
+    for flag in [
+        "--stats",
+        "--dead-letter",
+        "--records",
+        "--baseline",
+        "--seed",
+    ] {
+        assert!(man.stdout.contains(flag), "man lacks {flag}");
+    }
+}
