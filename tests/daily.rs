@@ -232,3 +232,36 @@ fn man_page_covers_every_subcommand() {
         assert!(man.stdout.contains(flag), "man lacks {flag}");
     }
 }
+
+/// A word that is neither a pipeline nor a file is a mistyped pipeline name: say so with
+/// the names the config has and the closest one, instead of "cannot open input" or, with
+/// `on_bad_input = "skip"`, silently running `default` (item 4).
+#[test]
+fn a_mistyped_pipeline_name_names_the_closest_one() {
+    for extra in ["", "on_bad_input = \"skip\"\n"] {
+        let sb = Sandbox::with_config(&format!(
+            "[pipelines.default]\n{extra}[pipelines.revenue]\n[pipelines.events]\n"
+        ));
+        let out = sb.run(&["run", "revenu"], "id\n1\n");
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(
+                "no pipeline `revenu` in pipelines.toml; it has: default, events, revenue"
+            ),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("did you mean `revenue`"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.stdout, "");
+    }
+    // A file by that name is still read.
+    let sb = Sandbox::with_config("[pipelines.default]\n");
+    sb.write("data", "id\n7\n");
+    let out = sb.run(&["run", "data"], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "id\n7\n");
+}

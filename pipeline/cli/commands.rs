@@ -45,9 +45,62 @@ pub fn plan_run(
     let cfg = PipelinesConfig::load(&path)?;
     let (name, files) = match args.first() {
         Some(first) if cfg.pipelines.contains_key(first) => (first.clone(), args[1..].to_vec()),
+        Some(first) if looks_like_a_pipeline_name(first) => {
+            return Err(unknown_pipeline(&path, first, cfg.pipelines.keys()).into())
+        }
         _ => (cfg.select(&path, None)?, args.to_vec()),
     };
     Ok((cfg.plan(&path, &name)?, files))
+}
+
+/// Whether `word`, which names no pipeline, was meant as one: it is no file, no `-`, and
+/// has neither a path separator nor an extension, so "cannot open input" would mislead
+/// (daily.rs: `a_mistyped_pipeline_name_names_the_closest_one`).
+fn looks_like_a_pipeline_name(word: &str) -> bool {
+    word != "-"
+        && !Path::new(word).exists()
+        && !word.contains(std::path::MAIN_SEPARATOR)
+        && !word.contains('/')
+        && !word.contains('.')
+}
+
+/// "no pipeline `x` in FILE; it has: ...", with the closest name when one is close.
+fn unknown_pipeline<'a>(
+    config: &Path,
+    word: &str,
+    names: impl Iterator<Item = &'a String>,
+) -> String {
+    let names: Vec<&String> = names.collect();
+    let closest = names
+        .iter()
+        .map(|n| (edit_distance(word, n), *n))
+        .min()
+        .filter(|(d, n)| *d <= n.len().max(word.len()) / 2)
+        .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    format!(
+        "no pipeline `{word}` in {}; it has: {}{closest}. To read a file by that name, \
+         write it as ./{word}",
+        config.display(),
+        list.join(", ")
+    )
+}
+
+/// Levenshtein distance, for suggesting the closest pipeline name.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// `pipe check`: loads every stage of the pipeline with its config.
