@@ -265,3 +265,35 @@ fn a_mistyped_pipeline_name_names_the_closest_one() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "id\n7\n");
 }
+
+/// `count` sums with the exact decimal arithmetic of `compute`: `0.1 + 0.2` is `0.3`, and
+/// a column of cents sums to its exact total, not `1819.8600000000001` (item 11).
+#[test]
+fn count_sums_are_exact_decimals() {
+    let sb = Sandbox::with_config(
+        "[[pipelines.default.stages]]\nplugin = \"count\"\n\
+         config = { by = [\"c\"], sum = [\"amount\"] }\n",
+    );
+    let mut input = String::from("c,amount\na,0.1\na,0.2\nb,2.5\nb,2.5\nc,3\nc,4\n");
+    for _ in 0..182 {
+        input.push_str("d,9.99\n");
+    }
+    let out = sb.run(&["run", "--no-watch"], &input);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "c,count,sum_amount\na,2,0.3\nb,2,5\nc,2,7\nd,182,1818.18\n"
+    );
+    let json = sb.run(&["run", "--no-watch", "--output-format", "jsonl"], &input);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert!(
+        json.stdout.contains("\"sum_amount\":0.3}"),
+        "{}",
+        json.stdout
+    );
+    assert!(
+        json.stdout.contains("\"sum_amount\":1818.18}"),
+        "{}",
+        json.stdout
+    );
+}
