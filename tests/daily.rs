@@ -297,3 +297,19 @@ fn count_sums_are_exact_decimals() {
         json.stdout
     );
 }
+
+/// The README's rebuild command builds a stage without the SDK's host or codec
+/// features; it must print no warning (item 18). Cargo replays a fresh crate's cached
+/// warnings, so this holds whether or not the build has anything to do.
+#[test]
+fn readme_stage_rebuild_prints_no_warning() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "stage-compute"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

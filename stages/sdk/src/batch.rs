@@ -382,6 +382,7 @@ impl Batch {
         Ok(())
     }
 
+    #[cfg(feature = "codec")]
     /// Appends a whole row of string cells in one go: `text` holds the fields back to
     /// back and `ends` the end offset of each (as `csv::ByteRecord` keeps them).
     ///
@@ -430,6 +431,7 @@ impl Batch {
         self.open = 0;
     }
 
+    #[cfg(feature = "codec")]
     /// Sets cell `col` of the row under construction, which must already have been pushed.
     /// Used by readers that see fields out of column order.
     pub(crate) fn set_open_cell(&mut self, col: usize, kind: Kind, text: &str) {
@@ -473,6 +475,7 @@ impl Batch {
         }
     }
 
+    #[cfg(any(feature = "host", feature = "codec"))]
     /// Keeps only rows `keep` (indexes in increasing order), in place: the cell table and
     /// positions are compacted; the text stays where it is in the arena.
     pub(crate) fn retain_rows(&mut self, keep: &[u32]) {
@@ -492,6 +495,7 @@ impl Batch {
         self.pos = pos;
     }
 
+    #[cfg(any(feature = "host", feature = "codec"))]
     /// Appends every row of `other`, which must have the same columns.
     pub(crate) fn extend_from(&mut self, other: &Batch) {
         debug_assert!(self.same_columns(other));
@@ -507,6 +511,7 @@ impl Batch {
         self.pos.extend_from_copy_slice(&other.pos);
     }
 
+    #[cfg(feature = "codec")]
     /// Row `r`'s cells and the arena they point into (for the writers' hot loops).
     pub(crate) fn raw_row(&self, r: usize) -> (&[Cell], &[u8]) {
         let w = self.names.len();

@@ -20,6 +20,7 @@ pub trait HostOutput {
     fn clear(&mut self);
     /// Gives the rows to the caller, leaving an empty batch behind.
     fn take_batch(&mut self) -> Batch;
+    #[cfg(feature = "host")]
     /// Swaps the output's rows with `batch` (the host recycles buffers this way).
     fn swap_batch(&mut self, batch: &mut Batch);
 }

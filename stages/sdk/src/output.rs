@@ -18,6 +18,7 @@ use abi_stable::{
 };
 
 use crate::batch::{Batch, Kind, Pos, Row, Value};
+#[cfg(any(feature = "host", feature = "codec"))]
 use crate::hostapi::HostOutput;
 
 /// A row sent to the dead-letter path: the index of the input row and why.
@@ -147,6 +148,7 @@ impl Output {
     }
 }
 
+#[cfg(any(feature = "host", feature = "codec"))]
 impl HostOutput for Output {
     // Documented on the trait.
     /// Marks `input` as the batch being processed, so that its rows can be passed on
@@ -191,6 +193,7 @@ impl HostOutput for Output {
         std::mem::take(&mut self.batch)
     }
 
+    #[cfg(feature = "host")]
     /// Swaps the output's rows with `batch` (the host recycles buffers this way).
     fn swap_batch(&mut self, batch: &mut Batch) {
         std::mem::swap(&mut self.batch, batch);
