@@ -313,3 +313,29 @@ fn readme_stage_rebuild_prints_no_warning() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
 }
+
+/// Outside a checkout, with no pipelines.toml and none named, `pipe run convert` and a
+/// bare `pipe run --output-format jsonl` convert on their own (item 17); a config that
+/// was named must still exist.
+#[test]
+fn with_no_config_file_run_converts() {
+    let sb = Sandbox::new();
+    for args in [
+        &["run", "convert", "--output-format", "jsonl"][..],
+        &["run", "--output-format", "jsonl"][..],
+    ] {
+        let out = sb.run(args, "id,v\n1,a\n");
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "{\"id\":\"1\",\"v\":\"a\"}\n", "{args:?}");
+        assert_eq!(out.stderr, "", "{args:?}");
+    }
+    let named = sb.run(&["run", "-c", "mine.toml"], "id\n1\n");
+    assert_eq!(named.code, 2, "{}", named.stderr);
+    assert!(named.stderr.contains("mine.toml"), "{}", named.stderr);
+    let env = sb
+        .command(&["run"])
+        .env("PIPE_CONFIG", "env.toml")
+        .output()
+        .unwrap();
+    assert_eq!(env.status.code(), Some(2));
+}

@@ -35,6 +35,12 @@ macro_rules! outln {
     };
 }
 
+/// The config used when there is no `pipelines.toml` and none was named: one pipeline
+/// of no stages, which converts between the formats the flags and file names ask for.
+const BUILT_IN_CONFIG: &str = "[settings]\nwatch = false\n\n\
+    [pipelines.convert]\n\
+    description = \"built in (no pipelines.toml): converts between CSV and JSON lines\"\n";
+
 /// Loads the config and picks the pipeline and the inputs from `pipe run`'s positional
 /// arguments: the first is the pipeline when the config defines one by that name.
 pub fn plan_run(
@@ -42,7 +48,24 @@ pub fn plan_run(
     args: &[String],
 ) -> Result<(PipelinePlan, Vec<String>), Box<dyn std::error::Error>> {
     let path = config_path(config);
-    let cfg = PipelinesConfig::load(&path)?;
+    let cfg = match PipelinesConfig::load(&path) {
+        Ok(cfg) => cfg,
+        // No config named and none here: the built-in one, so that a plain conversion
+        // works outside a checkout (daily.rs: `with_no_config_file_run_converts`). A
+        // config the user named (-c, $PIPE_CONFIG) must exist.
+        Err(crate::config::ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && config.is_none()
+                && std::env::var_os("PIPE_CONFIG").is_none_or(|v| v.is_empty()) =>
+        {
+            tracing::debug!(
+                "no {}: using the built-in `convert` pipeline",
+                path.display()
+            );
+            PipelinesConfig::parse(&path, BUILT_IN_CONFIG)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let (name, files) = match args.first() {
         Some(first) if cfg.pipelines.contains_key(first) => (first.clone(), args[1..].to_vec()),
         Some(first) if looks_like_a_pipeline_name(first) => {
