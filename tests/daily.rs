@@ -339,3 +339,30 @@ fn with_no_config_file_run_converts() {
         .unwrap();
     assert_eq!(env.status.code(), Some(2));
 }
+
+/// Without `--stats`, a run that dead-lettered or skipped records says so in one line at
+/// the end, with the dead-letter file (item 6); a clean run says nothing.
+#[test]
+fn rejected_records_are_summed_up_at_the_end() {
+    let sb = Sandbox::with_config(
+        "[pipelines.default]\ndead_letter = \"bad.jsonl\"\n\n[[pipelines.default.stages]]\n\
+         plugin = \"validate\"\non_error = \"dead-letter\"\nconfig = { types = { n = \"int\" } }\n",
+    );
+    let out = sb.run(&["run", "--no-watch"], "n\n1\nx\n3\ny\n");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "n\n1\n3\n");
+    let summary: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("records read"))
+        .collect();
+    assert_eq!(
+        summary,
+        ["pipe: warning: of 4 records read, 2 dead-lettered to bad.jsonl; --stats shows which stage"],
+        "{}",
+        out.stderr
+    );
+    let clean = sb.run(&["run", "--no-watch"], "n\n1\n");
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+    assert_eq!(clean.stderr, "");
+}

@@ -32,6 +32,7 @@ pub fn run(args: RunArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return fail(Exit::Usage, &e),
     };
+    let dead_letter = plan.dead_letter.clone();
     // Run, with hot reload when asked for.
     let mut running = match Running::start(plan) {
         Ok(r) => r,
@@ -61,11 +62,45 @@ pub fn run(args: RunArgs) -> Exit {
             "{}",
             serde_json::to_string(&report.stats).unwrap_or_default()
         ),
-        None => {}
+        None => {
+            if let Some(line) = lost_records(&report.stats, dead_letter.as_deref()) {
+                tracing::warn!("{line}");
+            }
+        }
     }
     match report.outcome {
         Outcome::Done | Outcome::BrokenPipe => Exit::Ok,
         Outcome::Interrupted(code) => Exit::Signal(code),
         Outcome::Failed(e) => fail(Exit::Failed, &e),
     }
+}
+
+/// The one line said at the end of a run without `--stats` when records did not reach the
+/// output for a reason other than a filter, so that they never go unnoticed (daily.rs:
+/// `rejected_records_are_summed_up_at_the_end`). `None` when every record was written
+/// or filtered.
+fn lost_records(
+    stats: &crate::run::Snapshot,
+    dead_letter: Option<&std::path::Path>,
+) -> Option<String> {
+    let dead = stats.dead_lettered();
+    let skipped = stats.skipped();
+    if dead == 0 && skipped == 0 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if dead > 0 {
+        parts.push(match dead_letter {
+            Some(p) => format!("{dead} dead-lettered to {}", p.display()),
+            None => format!("{dead} dead-lettered"),
+        });
+    }
+    if skipped > 0 {
+        parts.push(format!("{skipped} skipped"));
+    }
+    Some(format!(
+        "of {} records read, {}; --stats shows which stage",
+        stats.read,
+        parts.join(", ")
+    ))
 }
