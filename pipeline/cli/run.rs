@@ -33,6 +33,7 @@ pub fn run(args: RunArgs) -> Exit {
         Err(e) => return fail(Exit::Usage, &e),
     };
     let dead_letter = plan.dead_letter.clone();
+    let output = plan.output.clone();
     // Run, with hot reload when asked for.
     let mut running = match Running::start(plan) {
         Ok(r) => r,
@@ -70,7 +71,10 @@ pub fn run(args: RunArgs) -> Exit {
     }
     match report.outcome {
         Outcome::Done | Outcome::BrokenPipe => Exit::Ok,
-        Outcome::Interrupted(code) => Exit::Signal(code),
+        Outcome::Interrupted(code) => {
+            tracing::info!("{}", interrupted(code, &report.stats, output.as_deref()));
+            Exit::Signal(code)
+        }
         Outcome::Failed(e) => fail(Exit::Failed, &e),
     }
 }
@@ -103,4 +107,42 @@ fn lost_records(
         stats.read,
         parts.join(", ")
     ))
+}
+
+/// What a run stopped by SIGINT/SIGTERM did with what it had read: the reader stopped,
+/// every record already read went through the chain, and the output is either whole
+/// records on stdout or a `-o` file left unwritten (faults.rs:
+/// `sigint_drains_flushes_and_exits_130`).
+fn interrupted(
+    code: i32,
+    stats: &crate::run::Snapshot,
+    output: Option<&std::path::Path>,
+) -> String {
+    let signal = match code {
+        130 => "SIGINT".to_string(),
+        143 => "SIGTERM".to_string(),
+        c => format!("signal {}", c - 128),
+    };
+    let mut counts = vec![format!("{} written", stats.written)];
+    for (n, what) in [
+        (stats.filtered().max(0) as u64, "filtered"),
+        (stats.dead_lettered(), "dead-lettered"),
+        (stats.skipped(), "skipped"),
+    ] {
+        if n > 0 {
+            counts.push(format!("{n} {what}"));
+        }
+    }
+    let output = match output {
+        None => "stdout has every written record, whole".to_string(),
+        Some(p) => format!(
+            "{} was not written (an existing file is left as it was)",
+            p.display()
+        ),
+    };
+    format!(
+        "interrupted by {signal}: stopped reading and drained the {} records read ({}); {output}",
+        stats.read,
+        counts.join(", ")
+    )
 }
