@@ -366,3 +366,66 @@ fn rejected_records_are_summed_up_at_the_end() {
     assert_eq!(clean.code, 0, "{}", clean.stderr);
     assert_eq!(clean.stderr, "");
 }
+
+/// At a terminal (a pseudo-terminal made by util-linux `script`), the first Ctrl-D on
+/// empty input ends the run, with or without the progress bar (item 8). Script's stdin
+/// stays open after the Ctrl-D, so only the Ctrl-D can end the run.
+#[test]
+fn the_first_ctrl_d_on_an_empty_terminal_ends_the_run() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    assert!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "this test needs util-linux `script` to make a pseudo-terminal"
+    );
+    let sb = Sandbox::with_config("[pipelines.convert]\n");
+    for extra in ["--no-progress", "--progress"] {
+        let cmd = format!(
+            "{} run --no-watch {extra}; echo EXIT=$?",
+            pipe_bin().display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qfec", &cmd, "/dev/null"])
+            .current_dir(sb.path(""))
+            .env_remove("PIPE_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Let pipe start and reach its first read before the key.
+        std::thread::sleep(Duration::from_millis(800));
+        stdin.write_all(b"\x04").unwrap();
+        stdin.flush().unwrap();
+        let started = Instant::now();
+        let ended = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if ended.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(stdin);
+        let mut out = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(
+            ended.is_some(),
+            "{extra}: one Ctrl-D did not end the run:\n{out}"
+        );
+        assert!(out.contains("EXIT=0"), "{extra}: {out}");
+    }
+}
