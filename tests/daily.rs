@@ -429,3 +429,28 @@ fn the_first_ctrl_d_on_an_empty_terminal_ends_the_run() {
         assert!(out.contains("EXIT=0"), "{extra}: {out}");
     }
 }
+
+/// JSON lines fed to a CSV pipeline used to pass as one odd column with exit 0; now a
+/// warning names the mix-up and the flag, once per input (item 5, the format half).
+#[test]
+fn json_lines_into_a_csv_pipeline_warn_once() {
+    let sb = Sandbox::with_config("[pipelines.convert]\ninput = \"csv\"\n");
+    let out = sb.run(
+        &["run", "--no-watch"],
+        "{\"id\":1,\"v\":\"a\"}\n{\"id\":2,\"v\":\"b\"}\n{\"id\":3,\"v\":\"c\"}\n",
+    );
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("looks like JSON lines"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(
+        warnings[0].contains("--input-format jsonl"),
+        "{}",
+        out.stderr
+    );
+    // Real CSV says nothing.
+    let csv = sb.run(&["run", "--no-watch"], "id,v\n1,a\n");
+    assert_eq!(csv.stderr, "");
+}

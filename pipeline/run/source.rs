@@ -77,6 +77,9 @@ impl Source {
                 let more = reader
                     .read_batch(&mut batch, self.batch_size, &mut bad)
                     .map_err(|e| RunError::io(format!("reading {name}"), e))?;
+                if first && format == Format::Csv {
+                    warn_if_json_as_csv(name, &batch);
+                }
                 saw_header |= batch.width() > 0 || !bad.is_empty();
                 self.stats.source.read.fetch_add(bad.len() as u64, Relaxed);
                 self.stats
@@ -188,5 +191,20 @@ fn stdin_ready() -> bool {
     #[cfg(not(unix))]
     {
         true
+    }
+}
+
+/// JSON lines read as CSV give one column named after the first record's first field
+/// (`{"id":1`) and no error: say so once, with the flag that fixes it (daily.rs:
+/// `json_lines_into_a_csv_pipeline_warn_once`).
+fn warn_if_json_as_csv(name: &str, batch: &Batch) {
+    let mut columns = batch.columns();
+    if let Some(first) = columns.next() {
+        if first.trim_start().starts_with('{') {
+            tracing::warn!(
+                "{name}: read as CSV, but its header starts with `{{`: it looks like JSON \
+                 lines; pass --input-format jsonl (or name the file *.jsonl)"
+            );
+        }
     }
 }

@@ -638,7 +638,7 @@ impl<R: Read> Read for LineIndex<R> {
             Some(state) => state,
             None => self.check_bom()?,
         };
-        let n = if fresh && len == 0 {
+        let n = if fresh && len == 0 && self.bom_len == 0 {
             // The BOM check already read the end of the input. Reading again would wait
             // for a second end: at a terminal, the first Ctrl-D would be ignored
             // (daily.rs: `the_first_ctrl_d_on_an_empty_terminal_ends_the_run`).
