@@ -454,3 +454,20 @@ fn json_lines_into_a_csv_pipeline_warn_once() {
     let csv = sb.run(&["run", "--no-watch"], "id,v\n1,a\n");
     assert_eq!(csv.stderr, "");
 }
+
+/// CSV fed to a JSON-lines pipeline fails at line 1 as "invalid JSON"; a warning first
+/// says it looks like a CSV header and names the flag (item 5, the reverse).
+#[test]
+fn csv_into_a_jsonl_pipeline_says_it_looks_like_csv() {
+    let sb = Sandbox::with_config("[pipelines.j]\ninput = \"jsonl\"\n");
+    let out = sb.run(&["run", "--no-watch"], "id,v\n1,a\n");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(
+            "pipe: warning: -: read as JSON lines, but its first line `id,v` looks like a CSV \
+             header; pass --input-format csv (or name the file *.csv)\n"
+        ),
+        "{}",
+        out.stderr
+    );
+}

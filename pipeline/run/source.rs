@@ -68,6 +68,7 @@ impl Source {
             let mut first = true;
             let mut saw_header = false;
             let mut warned_header = false;
+            let mut warned_format = false;
             loop {
                 if self.shutdown.reading_stopped() {
                     return Ok(()); // interrupted: read no more
@@ -87,6 +88,9 @@ impl Source {
                     .bytes
                     .store(bytes_before + reader.bytes_read(), Relaxed);
                 for b in bad.drain(..) {
+                    if b.pos.line == 1 && !warned_format && format == Format::Jsonl {
+                        warned_format = looks_like_csv(name, b.raw.as_str().unwrap_or(""));
+                    }
                     if !warned_header && b.kind == BadKind::NoHeader {
                         // Whatever the policy, a whole input lost deserves a word.
                         warned_header = true;
@@ -207,4 +211,19 @@ fn warn_if_json_as_csv(name: &str, batch: &Batch) {
             );
         }
     }
+}
+
+/// The reverse mix-up: a CSV header read as JSON lines fails as "invalid JSON" at line 1;
+/// say what it looks like and which flag fixes it. True when it warned.
+fn looks_like_csv(name: &str, raw: &str) -> bool {
+    let line = raw.trim_start();
+    let csv = !line.starts_with('{') && !line.starts_with('[') && line.contains(',');
+    if csv {
+        tracing::warn!(
+            "{name}: read as JSON lines, but its first line `{}` looks like a CSV header; \
+             pass --input-format csv (or name the file *.csv)",
+            line.chars().take(60).collect::<String>()
+        );
+    }
+    csv
 }
