@@ -278,8 +278,10 @@ fn completions_and_man_page_come_from_the_cli_definition() {
 
 #[test]
 fn usage_errors_exit_2() {
+    // A config that was named must exist (with none named and none here, `pipe run`
+    // converts: daily.rs, `with_no_config_file_run_converts`).
     let sb = Sandbox::new();
-    let none = sb.run(&["run"], "a\n1\n");
+    let none = sb.run(&["run", "-c", "pipelines.toml"], "a\n1\n");
     assert_eq!(none.code, 2);
     assert!(none.stderr.contains("pipelines.toml"), "{}", none.stderr);
     let sb = Sandbox::with_config("[pipelines.a]\n[pipelines.b]\n");

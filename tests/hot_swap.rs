@@ -262,7 +262,10 @@ fn config_changes_swap_the_stage_and_bad_configs_change_nothing() {
     live.write("id,x\n");
     live.write(&records(0, 3000));
     set_config(&sb, &tagger_config("{ label = \"two\" }"));
-    live.expect_line("swapped stage `tagger` 1.0.0 -> 1.0.0", 30);
+    // The message names the changed config key, not the unchanged plugin file (issue
+    // 13, item 14).
+    let l = live.expect_line("swapped stage `tagger` 1.0.0 -> 1.0.0", 30);
+    assert!(l.contains("(config changed: config.label)"), "{l}");
     live.write(&records(3000, 6000));
     // A config the stage refuses (unknown key) and one that does not parse.
     set_config(&sb, &tagger_config("{ label = \"three\", bogus = 1 }"));

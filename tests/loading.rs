@@ -571,9 +571,21 @@ fn a_bad_filter_expression_gives_its_position() {
 
 #[test]
 fn a_missing_config_file_is_named() {
+    // `pipe run` with no config named and none here converts (daily.rs:
+    // `with_no_config_file_run_converts`); a named one must exist.
     let sb = Sandbox::new();
-    let r = sb.run(&["run", "--no-watch", "--stats=json"], "id\n1\n");
+    let r = sb.run(
+        &["run", "-c", "pipelines.toml", "--no-watch", "--stats=json"],
+        "id\n1\n",
+    );
     assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr,
+        "pipe: error: cannot read config pipelines.toml: No such file or directory (os error 2); \
+         name one with -c FILE or $PIPE_CONFIG, or run pipe where its pipelines.toml is\n"
+    );
+    let r = sb.run(&["check"], "");
+    assert_eq!(r.code, 1);
     assert_eq!(
         r.stderr,
         "pipe: error: cannot read config pipelines.toml: No such file or directory (os error 2); \

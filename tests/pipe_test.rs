@@ -65,3 +65,26 @@ fn a_malformed_test_file_is_a_usage_error() {
     assert!(run.stderr.contains("bad.toml"), "{}", run.stderr);
     assert!(run.stderr.contains("wat"), "{}", run.stderr);
 }
+
+/// Regression: a diff marked every line after the first mismatch as changed, so one
+/// missing row showed the rest of the output as removed and added (issue 13, item 15).
+#[test]
+fn a_diff_marks_only_the_changed_lines() {
+    let sb = Sandbox::with_config(&shipped_config());
+    sb.write(
+        "t.toml",
+        "[[tests]]\nname = \"drop three\"\nstage = { plugin = \"filter\", config = { where = \"n != 3\" } }\ninput = \"n\\n1\\n2\\n3\\n4\\n5\\n\"\nexpected = \"n\\n1\\n2\\n3\\n4\\n5\\n\"\n",
+    );
+    let run = sb.run(&["test", "t.toml"], "");
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stdout.contains("- 3\n"), "{}", run.stdout);
+    for same in ["1", "2", "4", "5"] {
+        assert!(
+            !run.stdout.contains(&format!("- {same}\n"))
+                && !run.stdout.contains(&format!("+ {same}\n")),
+            "line {same} is the same on both sides:\n{}",
+            run.stdout
+        );
+    }
+    assert!(run.stdout.contains("  4\n"), "{}", run.stdout);
+}

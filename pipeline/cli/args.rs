@@ -13,12 +13,12 @@ use pipe_sdk::codec::Format;
     name = "pipe",
     version,
     about,
-    after_help = "Examples:\n  \
-      cat orders.csv | pipe run                     run the `default` pipeline\n  \
-      pipe run clean in/*.csv -o out.jsonl          run `clean` on files, write JSON lines\n  \
-      pipe run --output-format jsonl < data.csv     convert (with a pipeline of no stages)\n  \
-      pipe check nightly                            load and check every stage of `nightly`\n  \
-      pipe stages                                   list the plugins pipe can find\n\n\
+    after_help = "Examples (run from a checkout: its pipelines.toml and samples/):\n  \
+      pipe run < samples/orders.csv                       the `default` pipeline\n  \
+      pipe run revenue samples/orders.csv -o rev.jsonl    `revenue` on a file, JSON lines out\n  \
+      pipe run convert --output-format jsonl < samples/orders.csv\n  \
+      pipe check events                                   load and check every stage of `events`\n  \
+      pipe stages                                         list the plugins pipe can find\n\n\
       Config: -c FILE, else $PIPE_CONFIG, else ./pipelines.toml.\n\
       Exit codes: 0 ok, 1 the run failed, 2 usage or configuration error, 130/143 interrupted."
 )]
@@ -45,8 +45,8 @@ pub enum CommandLine {
     #[command(
         after_help = "PIPELINE may be left out: the first argument is taken as a \
         pipeline name when the config defines one by that name, and as a file otherwise.\n\n\
-        Examples:\n  cat orders.csv | pipe run\n  pipe run paid samples/orders.csv --stats\n  \
-        pipe run samples/events.jsonl -o out.csv"
+        Examples:\n  pipe run < samples/orders.csv\n  pipe run revenue samples/orders.csv --stats\n  \
+        pipe run convert samples/events.jsonl -o events.csv"
     )]
     Run(RunArgs),
     /// Load every stage of a pipeline and check its config; exit 0 or 1.
@@ -56,18 +56,23 @@ pub enum CommandLine {
     /// Measure a pipeline's throughput against a bare csv-crate/serde_json loop, with
     /// each stage's share of the time.
     #[command(
-        after_help = "Examples:\n  pipe bench                       default pipeline on 1,000,000 generated orders\n  \
-        pipe bench revenue big.csv --runs 5\n  pipe bench --records 200000 --json"
+        after_help = "With no file, the bench generates data that fits the pipeline's input and \
+        sends rejects to a scratch file, never to the pipeline's dead letter.\n\n\
+        Examples:\n  pipe bench events --records 20000 --runs 1\n  \
+        pipe bench revenue samples/orders.csv --runs 5\n  pipe bench --records 20000 --json"
     )]
     Bench(BenchArgs),
     /// Write deterministic sample data (orders CSV/JSONL, events JSONL) to stdout.
+    #[command(after_help = "Examples:\n  pipe generate orders-csv --records 1000 > orders.csv")]
     Generate(GenerateArgs),
     /// Run declarative tests of pipelines and stages (TOML files of `[[tests]]` tables).
-    #[command(after_help = "Example: pipe test tests/pipelines/*.toml")]
+    #[command(after_help = "Examples:\n  pipe test tests/pipelines/*.toml")]
     Test(TestArgs),
-    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  pipe completions bash > pipe.bash")]
     Completions(CompletionsArgs),
-    /// Print the man page (roff): `pipe man > pipe.1 && man ./pipe.1`.
+    /// Print the man page (roff), with every subcommand.
+    #[command(after_help = "Examples:\n  pipe man > pipe.1")]
     Man,
     /// Scaffold a new stage in stages/NAME, registered in the workspace.
     #[command(after_help = "Then: cargo build --release && pipe stages")]
@@ -179,8 +184,15 @@ pub struct RunArgs {
     /// Don't watch plugins and the config for changes (no hot reload).
     #[arg(long)]
     pub no_watch: bool,
-    /// Print per-stage counts at the end, as a table or as JSON (`--stats=json`).
-    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "table")]
+    /// Print per-stage counts at the end, as a table or as JSON (`--stats=json`; the
+    /// `=` is required so that `--stats FILE` reads FILE instead of taking it as a format).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "table"
+    )]
     pub stats: Option<StatsFormat>,
     /// Show a progress bar on stderr even when it is not a terminal.
     #[arg(long, overrides_with = "no_progress")]
@@ -191,7 +203,8 @@ pub struct RunArgs {
     /// Records per batch.
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// Worker threads for every stateless stage.
+    /// Worker threads for every stateless stage. Stateful stages (`dedup`, `count`) run
+    /// one worker whatever N is; `pipe check` shows each stage's count.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Dead-letter file (overrides the pipeline's).

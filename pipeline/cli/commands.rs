@@ -35,6 +35,12 @@ macro_rules! outln {
     };
 }
 
+/// The config used when there is no `pipelines.toml` and none was named: one pipeline
+/// of no stages, which converts between the formats the flags and file names ask for.
+const BUILT_IN_CONFIG: &str = "[settings]\nwatch = false\n\n\
+    [pipelines.convert]\n\
+    description = \"built in (no pipelines.toml): converts between CSV and JSON lines\"\n";
+
 /// Loads the config and picks the pipeline and the inputs from `pipe run`'s positional
 /// arguments: the first is the pipeline when the config defines one by that name.
 pub fn plan_run(
@@ -42,9 +48,29 @@ pub fn plan_run(
     args: &[String],
 ) -> Result<(PipelinePlan, Vec<String>), Box<dyn std::error::Error>> {
     let path = config_path(config);
-    let cfg = PipelinesConfig::load(&path)?;
+    let cfg = match PipelinesConfig::load(&path) {
+        Ok(cfg) => cfg,
+        // No config named and none here: the built-in one, so that a plain conversion
+        // works outside a checkout (daily.rs: `with_no_config_file_run_converts`). A
+        // config the user named (-c, $PIPE_CONFIG) must exist.
+        Err(crate::config::ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && config.is_none()
+                && std::env::var_os("PIPE_CONFIG").is_none_or(|v| v.is_empty()) =>
+        {
+            tracing::debug!(
+                "no {}: using the built-in `convert` pipeline",
+                path.display()
+            );
+            PipelinesConfig::parse(&path, BUILT_IN_CONFIG)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let (name, files) = match args.first() {
         Some(first) if cfg.pipelines.contains_key(first) => (first.clone(), args[1..].to_vec()),
+        Some(first) if looks_like_a_pipeline_name(first) => {
+            return Err(unknown_pipeline(&path, first, cfg.pipelines.keys()).into())
+        }
         _ => (cfg.select(&path, None)?, args.to_vec()),
     };
     Ok((cfg.plan(&path, &name)?, files))
@@ -68,6 +94,56 @@ pub fn publish(args: crate::jetstream::publish::PublishArgs) -> Exit {
         Err(e) if e.is_usage() => fail(Exit::Usage, &e),
         Err(e) => fail(Exit::Failed, &e),
     }
+}
+
+/// Whether `word`, which names no pipeline, was meant as one: it is no file, no `-`, and
+/// has neither a path separator nor an extension, so "cannot open input" would mislead
+/// (daily.rs: `a_mistyped_pipeline_name_names_the_closest_one`).
+fn looks_like_a_pipeline_name(word: &str) -> bool {
+    word != "-"
+        && !Path::new(word).exists()
+        && !word.contains(std::path::MAIN_SEPARATOR)
+        && !word.contains('/')
+        && !word.contains('.')
+}
+
+/// "no pipeline `x` in FILE; it has: ...", with the closest name when one is close.
+fn unknown_pipeline<'a>(
+    config: &Path,
+    word: &str,
+    names: impl Iterator<Item = &'a String>,
+) -> String {
+    let names: Vec<&String> = names.collect();
+    let closest = names
+        .iter()
+        .map(|n| (edit_distance(word, n), *n))
+        .min()
+        .filter(|(d, n)| *d <= n.len().max(word.len()) / 2)
+        .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    format!(
+        "no pipeline `{word}` in {}; it has: {}{closest}. To read a file by that name, \
+         write it as ./{word}",
+        config.display(),
+        list.join(", ")
+    )
+}
+
+/// Levenshtein distance, for suggesting the closest pipeline name.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// `pipe check`: loads every stage of the pipeline with its config.
@@ -133,6 +209,13 @@ pub fn check(args: CheckArgs) -> Exit {
 
 /// `pipe stages`: every plugin file in the search directories, loaded and checked.
 pub fn stages(args: StagesArgs) -> Exit {
+    // A directory the user named must exist: listing nothing for a typo would read as
+    // "no plugins there" (loading.rs: `pipe_stages_with_a_missing_dir_is_an_error`).
+    for d in &args.dirs {
+        if !d.is_dir() {
+            return fail(Exit::Usage, &format!("{}: no such directory", d.display()));
+        }
+    }
     let mut dirs: Vec<PathBuf> = args.dirs.clone();
     let path = config_path(args.config.as_deref());
     if let Ok(cfg) = PipelinesConfig::load(&path) {
@@ -301,13 +384,43 @@ pub fn completions(args: CompletionsArgs) -> Exit {
     Exit::Ok
 }
 
-/// `pipe man`: the man page, generated from the clap definition.
+/// `pipe man`: the man page, generated from the clap definition: the top level as clap_mangen
+/// renders it, then one section per subcommand with its full `--help` (usage, every
+/// option, examples), so the page covers everything `pipe SUB --help` would say.
 pub fn man() -> Exit {
     use clap::CommandFactory;
-    let cmd = super::Cli::command();
-    match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+    let mut cmd = super::Cli::command();
+    cmd.build();
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(cmd.clone()).render(&mut page) {
+        return fail(Exit::Failed, &e);
+    }
+    for sub in cmd.get_subcommands_mut() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        let name = format!("pipe {}", sub.get_name());
+        let help = sub.clone().bin_name(&name).render_long_help().to_string();
+        page.extend_from_slice(format!(".SH \"{}\"\n.nf\n", name.to_uppercase()).as_bytes());
+        for line in help.lines() {
+            page.extend_from_slice(roff_line(line).as_bytes());
+            page.push(b'\n');
+        }
+        page.extend_from_slice(b".fi\n");
+    }
+    match print_out(format_args!("{}", String::from_utf8_lossy(&page))) {
         Ok(()) => Exit::Ok,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
-        Err(e) => fail(Exit::Failed, &e),
+        Err(code) => code,
+    }
+}
+
+/// One line of preformatted text as roff: backslashes escaped, and a leading `.` or `'`
+/// (which roff would read as a request) made literal.
+fn roff_line(line: &str) -> String {
+    let line = line.replace('\\', "\\e");
+    if line.starts_with('.') || line.starts_with('\'') {
+        format!("\\&{line}")
+    } else {
+        line
     }
 }

@@ -32,6 +32,8 @@ pub fn run(args: RunArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return fail(Exit::Usage, &e),
     };
+    let dead_letter = plan.dead_letter.clone();
+    let output = plan.output.clone();
     // Run, with hot reload when asked for.
     let mut running = match Running::start(plan) {
         Ok(r) => r,
@@ -61,11 +63,86 @@ pub fn run(args: RunArgs) -> Exit {
             "{}",
             serde_json::to_string(&report.stats).unwrap_or_default()
         ),
-        None => {}
+        None => {
+            if let Some(line) = lost_records(&report.stats, dead_letter.as_deref()) {
+                tracing::warn!("{line}");
+            }
+        }
     }
     match report.outcome {
         Outcome::Done | Outcome::BrokenPipe => Exit::Ok,
-        Outcome::Interrupted(code) => Exit::Signal(code),
+        Outcome::Interrupted(code) => {
+            tracing::info!("{}", interrupted(code, &report.stats, output.as_deref()));
+            Exit::Signal(code)
+        }
         Outcome::Failed(e) => fail(Exit::Failed, &e),
     }
+}
+
+/// The one line said at the end of a run without `--stats` when records did not reach the
+/// output for a reason other than a filter, so that they never go unnoticed (daily.rs:
+/// `rejected_records_are_summed_up_at_the_end`). `None` when every record was written
+/// or filtered.
+fn lost_records(
+    stats: &crate::run::Snapshot,
+    dead_letter: Option<&std::path::Path>,
+) -> Option<String> {
+    let dead = stats.dead_lettered();
+    let skipped = stats.skipped();
+    if dead == 0 && skipped == 0 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if dead > 0 {
+        parts.push(match dead_letter {
+            Some(p) => format!("{dead} dead-lettered to {}", p.display()),
+            None => format!("{dead} dead-lettered"),
+        });
+    }
+    if skipped > 0 {
+        parts.push(format!("{skipped} skipped"));
+    }
+    Some(format!(
+        "of {} records read, {}; --stats shows which stage",
+        stats.read,
+        parts.join(", ")
+    ))
+}
+
+/// What a run stopped by SIGINT/SIGTERM did with what it had read: the reader stopped,
+/// every record already read went through the chain, and the output is either whole
+/// records on stdout or a `-o` file left unwritten (faults.rs:
+/// `sigint_drains_flushes_and_exits_130`).
+fn interrupted(
+    code: i32,
+    stats: &crate::run::Snapshot,
+    output: Option<&std::path::Path>,
+) -> String {
+    let signal = match code {
+        130 => "SIGINT".to_string(),
+        143 => "SIGTERM".to_string(),
+        c => format!("signal {}", c - 128),
+    };
+    let mut counts = vec![format!("{} written", stats.written)];
+    for (n, what) in [
+        (stats.filtered().max(0) as u64, "filtered"),
+        (stats.dead_lettered(), "dead-lettered"),
+        (stats.skipped(), "skipped"),
+    ] {
+        if n > 0 {
+            counts.push(format!("{n} {what}"));
+        }
+    }
+    let output = match output {
+        None => "stdout has every written record, whole".to_string(),
+        Some(p) => format!(
+            "{} was not written (an existing file is left as it was)",
+            p.display()
+        ),
+    };
+    format!(
+        "interrupted by {signal}: stopped reading and drained the {} records read ({}); {output}",
+        stats.read,
+        counts.join(", ")
+    )
 }

@@ -70,7 +70,7 @@ pub fn effective_workers(spec: &StageSpec, plugin: &Plugin) -> usize {
 
 /// Loads and instantiates every stage of `specs` (the one way stages are made, at start
 /// and for a rebuild).
-pub fn prepare(specs: &[StageSpec], log: fn(&str)) -> Result<Vec<StageSetup>, PrepareError> {
+pub fn prepare(specs: &[StageSpec], _log: fn(&str)) -> Result<Vec<StageSetup>, PrepareError> {
     let mut setups = Vec::with_capacity(specs.len());
     for spec in specs {
         let err = |source| PrepareError {
@@ -79,11 +79,15 @@ pub fn prepare(specs: &[StageSpec], log: fn(&str)) -> Result<Vec<StageSetup>, Pr
         };
         let plugin = Arc::new(crate::plugin::load(spec).map_err(err)?);
         let n = effective_workers(spec, &plugin);
+        // Stateful stages run one worker by definition (documented on `--workers` and
+        // `workers`); saying so on every run would be noise for a rule the user already
+        // follows, so it is a debug message, and `pipe check` lists the real counts.
         if n < spec.workers {
-            log(&format!(
+            tracing::debug!(
                 "stage `{}` is stateful: running 1 worker instead of {}",
-                spec.name, spec.workers
-            ));
+                spec.name,
+                spec.workers
+            );
         }
         let instances = (0..n)
             .map(|_| plugin.instantiate(&spec.config_json).map_err(err))

@@ -68,6 +68,7 @@ impl Source {
             let mut first = true;
             let mut saw_header = false;
             let mut warned_header = false;
+            let mut warned_format = false;
             loop {
                 if self.shutdown.reading_stopped() {
                     return Ok(()); // interrupted: read no more
@@ -77,6 +78,9 @@ impl Source {
                 let more = reader
                     .read_batch(&mut batch, self.batch_size, &mut bad)
                     .map_err(|e| RunError::io(format!("reading {name}"), e))?;
+                if first && format == Format::Csv {
+                    warn_if_json_as_csv(name, &batch);
+                }
                 saw_header |= batch.width() > 0 || !bad.is_empty();
                 self.stats.source.read.fetch_add(bad.len() as u64, Relaxed);
                 self.stats
@@ -84,6 +88,9 @@ impl Source {
                     .bytes
                     .store(bytes_before + reader.bytes_read(), Relaxed);
                 for b in bad.drain(..) {
+                    if b.pos.line == 1 && !warned_format && format == Format::Jsonl {
+                        warned_format = looks_like_csv(name, b.raw.as_str().unwrap_or(""));
+                    }
                     if !warned_header && b.kind == BadKind::NoHeader {
                         // Whatever the policy, a whole input lost deserves a word.
                         warned_header = true;
@@ -189,4 +196,34 @@ fn stdin_ready() -> bool {
     {
         true
     }
+}
+
+/// JSON lines read as CSV give one column named after the first record's first field
+/// (`{"id":1`) and no error: say so once, with the flag that fixes it (daily.rs:
+/// `json_lines_into_a_csv_pipeline_warn_once`).
+fn warn_if_json_as_csv(name: &str, batch: &Batch) {
+    let mut columns = batch.columns();
+    if let Some(first) = columns.next() {
+        if first.trim_start().starts_with('{') {
+            tracing::warn!(
+                "{name}: read as CSV, but its header starts with `{{`: it looks like JSON \
+                 lines; pass --input-format jsonl (or name the file *.jsonl)"
+            );
+        }
+    }
+}
+
+/// The reverse mix-up: a CSV header read as JSON lines fails as "invalid JSON" at line 1;
+/// say what it looks like and which flag fixes it. True when it warned.
+fn looks_like_csv(name: &str, raw: &str) -> bool {
+    let line = raw.trim_start();
+    let csv = !line.starts_with('{') && !line.starts_with('[') && line.contains(',');
+    if csv {
+        tracing::warn!(
+            "{name}: read as JSON lines, but its first line `{}` looks like a CSV header; \
+             pass --input-format csv (or name the file *.csv)",
+            line.chars().take(60).collect::<String>()
+        );
+    }
+    csv
 }

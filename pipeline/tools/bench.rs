@@ -171,16 +171,19 @@ pub fn bench(
     // written (that would take real messages from its consumer).
     plan.jetstream = Default::default();
     let tmp;
+    // The bench's own scratch dir: generated data and the dead letter go here, never to
+    // the pipeline's dead-letter file or anywhere else the user did not name
+    // (daily.rs: `bench_on_events_generates_events_and_writes_nothing_else`).
+    let scratch = ScratchDir::new()?;
+    let dead_letter = Some(scratch.0.join("dead-letter.jsonl"));
     let format = plan.input.unwrap_or(Format::Csv);
     let files = if opts.files.is_empty() {
-        tmp = tempfile_path(format)?;
-        let mut f = io::BufWriter::new(File::create(&tmp.0)?);
-        match format {
-            Format::Csv => crate::tools::generate::orders_csv(&mut f, opts.records, 42)?,
-            Format::Jsonl => crate::tools::generate::orders_jsonl(&mut f, opts.records, 42)?,
-        }
+        let kind = fitting_data(&plan, format, &scratch, dead_letter.as_deref())?;
+        tmp = scratch.0.join(format!("generated.{format}"));
+        let mut f = io::BufWriter::new(File::create(&tmp)?);
+        kind.write(&mut f, opts.records)?;
         f.flush()?;
-        vec![tmp.0.clone()]
+        vec![tmp.clone()]
     } else {
         opts.files.clone()
     };
@@ -207,6 +210,7 @@ pub fn bench(
             output_format: Some(format),
             watch: false,
             workers: opts.workers,
+            dead_letter: dead_letter.clone(),
             discard_output: true,
             ..RunOptions::default()
         };
@@ -239,18 +243,84 @@ pub fn bench(
     })
 }
 
-/// A temporary file path that is removed on drop.
-struct TempPath(PathBuf);
+/// The generated data shapes a bench can feed a pipeline.
+#[derive(Debug, Clone, Copy)]
+enum Generated {
+    OrdersCsv,
+    OrdersJsonl,
+    EventsJsonl,
+}
 
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl Generated {
+    fn write(self, out: &mut impl Write, records: u64) -> io::Result<()> {
+        use crate::tools::generate;
+        match self {
+            Generated::OrdersCsv => generate::orders_csv(out, records, 42),
+            Generated::OrdersJsonl => generate::orders_jsonl(out, records, 42),
+            Generated::EventsJsonl => generate::events_jsonl(out, records, 42),
+        }
     }
 }
 
-fn tempfile_path(format: Format) -> io::Result<TempPath> {
-    let p = std::env::temp_dir().join(format!("pipe-bench-{}.{}", std::process::id(), format));
-    Ok(TempPath(p))
+/// Picks the generated data that fits `plan`: each shape of the pipeline's input format
+/// goes through the pipeline once on a small sample, and the one that loses the fewest
+/// records to rejects (then keeps the most) wins. Trying beats guessing from stage
+/// configs, which any plugin may read its own way; an `events` pipeline fed orders
+/// rejected every record (issue 13, item 2).
+fn fitting_data(
+    plan: &crate::config::PipelinePlan,
+    format: Format,
+    scratch: &ScratchDir,
+    dead_letter: Option<&Path>,
+) -> Result<Generated, Box<dyn std::error::Error>> {
+    let candidates: &[Generated] = match format {
+        Format::Csv => return Ok(Generated::OrdersCsv),
+        Format::Jsonl => &[Generated::OrdersJsonl, Generated::EventsJsonl],
+    };
+    let mut best = (candidates[0], (u64::MAX, 0));
+    for &kind in candidates {
+        let path = scratch.0.join(format!("probe.{format}"));
+        let mut f = io::BufWriter::new(File::create(&path)?);
+        kind.write(&mut f, 500)?;
+        f.flush()?;
+        drop(f);
+        let report = run::run(
+            plan.clone(),
+            RunOptions {
+                inputs: vec![path.display().to_string()],
+                input_format: Some(format),
+                output_format: Some(format),
+                dead_letter: dead_letter.map(Path::to_path_buf),
+                discard_output: true,
+                ..RunOptions::default()
+            },
+        )?;
+        let s = &report.stats;
+        let lost = s.dead_lettered() + s.skipped();
+        // Fewer rejects first, then more records out.
+        let score = (lost, u64::MAX - s.written);
+        if score < (best.1 .0, u64::MAX - best.1 .1) {
+            best = (kind, (lost, s.written));
+        }
+    }
+    Ok(best.0)
+}
+
+/// A temporary directory removed, with everything in it, on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> io::Result<ScratchDir> {
+        let p = std::env::temp_dir().join(format!("pipe-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(ScratchDir(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl BenchReport {

@@ -250,27 +250,74 @@ fn check(
     }
 }
 
-/// A line diff: `-` expected, `+` actual, two lines of context, from the first mismatch.
+/// A line diff: `-` expected only, `+` actual only, two lines of context around each
+/// change. Lines are matched by a longest common subsequence, so a line that is the same
+/// on both sides is never marked as changed (pipe_test.rs:
+/// `a_diff_marks_only_the_changed_lines`).
 fn diff(expected: &str, actual: &str) -> String {
+    /// Past this many lines a side, the quadratic table would cost more than the diff is
+    /// worth: the lines are shown as all removed and all added.
+    const MAX_LINES: usize = 4000;
+    /// How many diff lines to print at most.
+    const MAX_SHOWN: usize = 40;
+    const CONTEXT: usize = 2;
     let e: Vec<&str> = expected.lines().collect();
     let a: Vec<&str> = actual.lines().collect();
-    let first = e
-        .iter()
-        .zip(&a)
-        .position(|(x, y)| x != y)
-        .unwrap_or(e.len().min(a.len()));
+    // ops: (' ' | '-' | '+', line)
+    let mut ops: Vec<(char, &str)> = Vec::new();
+    if e.len() > MAX_LINES || a.len() > MAX_LINES {
+        ops.extend(e.iter().map(|l| ('-', *l)));
+        ops.extend(a.iter().map(|l| ('+', *l)));
+    } else {
+        // lcs[i][j]: common subsequence length of e[i..] and a[j..].
+        let mut lcs = vec![vec![0u32; a.len() + 1]; e.len() + 1];
+        for i in (0..e.len()).rev() {
+            for j in (0..a.len()).rev() {
+                lcs[i][j] = if e[i] == a[j] {
+                    lcs[i + 1][j + 1] + 1
+                } else {
+                    lcs[i + 1][j].max(lcs[i][j + 1])
+                };
+            }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < e.len() || j < a.len() {
+            if i < e.len() && j < a.len() && e[i] == a[j] {
+                ops.push((' ', e[i]));
+                i += 1;
+                j += 1;
+            } else if j < a.len() && (i == e.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+                ops.push(('+', a[j]));
+                j += 1;
+            } else {
+                ops.push(('-', e[i]));
+                i += 1;
+            }
+        }
+    }
+    let near_change = |k: usize| {
+        let lo = k.saturating_sub(CONTEXT);
+        let hi = (k + CONTEXT + 1).min(ops.len());
+        ops[lo..hi].iter().any(|(op, _)| *op != ' ')
+    };
     let mut out = String::from("--- expected\n+++ actual\n");
-    for l in &e[first.saturating_sub(2)..first] {
-        out.push_str(&format!("  {l}\n"));
-    }
-    for l in e.iter().skip(first).take(10) {
-        out.push_str(&format!("- {l}\n"));
-    }
-    for l in a.iter().skip(first).take(10) {
-        out.push_str(&format!("+ {l}\n"));
-    }
-    if e.len().max(a.len()) > first + 10 {
-        out.push_str("  ...\n");
+    let mut shown = 0;
+    let mut skipped = false;
+    for (k, (op, line)) in ops.iter().enumerate() {
+        if !near_change(k) {
+            skipped = true;
+            continue;
+        }
+        if shown == MAX_SHOWN {
+            out.push_str("  ...\n");
+            return out;
+        }
+        if skipped && shown > 0 {
+            out.push_str("  ...\n");
+        }
+        skipped = false;
+        out.push_str(&format!("{op} {line}\n"));
+        shown += 1;
     }
     out
 }

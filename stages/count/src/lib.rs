@@ -30,9 +30,10 @@
 //!   `true`, `nan`, an object) **rejects the record** with a reason naming the field and
 //!   value, and the record is not counted at all, so the totals never silently leave out
 //!   part of a record.
-//! - `sum` of ints is an int; as soon as one float is summed, or the sum leaves the
-//!   64-bit range, it is a float (summed with Neumaier's compensation, so ten `0.1` make
-//!   `1`). `min`/`max` keep the winning value's type. A group where a field never had a
+//! - `sum` is exact decimal arithmetic, as in `compute`: ints sum to an int, and decimals
+//!   to their exact decimal (`1819.86`, never `1819.8600000000001`). Only when a value is
+//!   not a plain decimal (`1e3`) or the sum outgrows 38 digits does it become a float
+//!   (summed with Neumaier's compensation, so ten `0.1` make `1`). `min`/`max` keep the winning value's type. A group where a field never had a
 //!   value gets null in its `sum_`/`min_`/`max_`/`avg_` columns.
 //! - Empty input: with `by = []`, one row with `count` 0; otherwise no rows.
 //!
@@ -55,7 +56,9 @@
 //!   varint count
 //!   n_fields × accumulator:
 //!     varint n                   -- values aggregated
-//!     i128 int_sum, f64 float_sum, f64 compensation, u8 flags (1: a float was summed)
+//!     i128 exact_sum, f64 float_sum, f64 compensation,
+//!     u8 flags (bit 0: a float was summed; bits 1-7: the exact sum's decimal scale,
+//!                so exact_sum / 10^scale is the sum of the exact values)
 //!     min, max: u8 tag (0 int, 1 float), 8 bytes (i64 or f64)
 //! ```
 //!
@@ -66,6 +69,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use pipe_expr::Dec;
 use pipe_sdk::prelude::*;
 use pipe_sdk::state::{put_bytes, put_key_field, put_str, put_varint, KeyField, StateReader};
 
@@ -143,7 +147,8 @@ impl Num {
 enum Cell {
     /// Absent, null, empty or blank: skipped by the aggregates.
     Missing,
-    Num(Num),
+    /// The number, and its exact decimal when it has one (for `sum`).
+    Num(Num, Option<Dec>),
     NotANumber,
 }
 
@@ -156,11 +161,17 @@ fn read_number(kind: Kind, text: &str) -> Cell {
             if t.is_empty() {
                 Cell::Missing
             } else if let Ok(i) = t.parse::<i64>() {
-                Cell::Num(Num::Int(i))
+                Cell::Num(Num::Int(i), Some(Dec { m: i, scale: 0 }))
             } else {
                 // Rust also reads `inf` and `nan`: those are not numbers a user means.
                 match t.parse::<f64>() {
-                    Ok(f) if f.is_finite() => Cell::Num(Num::Float(f)),
+                    Ok(f) if f.is_finite() => {
+                        let exact = match pipe_expr::Num::parse(t) {
+                            Some(pipe_expr::Num::Dec(d)) => Some(d),
+                            _ => None,
+                        };
+                        Cell::Num(Num::Float(f), exact)
+                    }
                     _ => Cell::NotANumber,
                 }
             }
@@ -173,7 +184,10 @@ fn read_number(kind: Kind, text: &str) -> Cell {
 struct Acc {
     /// Values aggregated (missing ones are not).
     n: u64,
+    /// The sum of the values summed exactly, as a mantissa at `scale` decimals.
     int_sum: i128,
+    /// Decimals of `int_sum` (at most [`pipe_expr::num::MAX_SCALE`]).
+    scale: u8,
     float_sum: f64,
     /// Neumaier's running compensation for `float_sum`.
     comp: f64,
@@ -189,6 +203,7 @@ impl Default for Acc {
         Acc {
             n: 0,
             int_sum: 0,
+            scale: 0,
             float_sum: 0.0,
             comp: 0.0,
             any_float: false,
@@ -199,13 +214,11 @@ impl Default for Acc {
 }
 
 impl Acc {
-    fn add(&mut self, x: Num) {
-        match x {
-            Num::Int(i) => self.int_sum = self.int_sum.saturating_add(i128::from(i)),
-            Num::Float(f) => {
-                self.any_float = true;
-                self.add_float(f);
-            }
+    fn add(&mut self, x: Num, exact: Option<Dec>) {
+        let added = exact.is_some_and(|d| self.add_exact(i128::from(d.m), d.scale));
+        if !added {
+            self.any_float = true;
+            self.add_float(x.as_f64());
         }
         if self.n == 0 || x.less(self.min) {
             self.min = x;
@@ -214,6 +227,33 @@ impl Acc {
             self.max = x;
         }
         self.n += 1;
+    }
+
+    /// Adds `m / 10^scale` to the exact sum; false (and nothing changed) when the sum
+    /// would outgrow an `i128`, so the caller sums the value as a float instead.
+    fn add_exact(&mut self, m: i128, scale: u8) -> bool {
+        let target = self.scale.max(scale);
+        let lift = |v: i128, from: u8| {
+            10i128
+                .checked_pow(u32::from(target - from))
+                .and_then(|p| v.checked_mul(p))
+        };
+        match (lift(self.int_sum, self.scale), lift(m, scale)) {
+            (Some(a), Some(b)) => match a.checked_add(b) {
+                Some(sum) => {
+                    self.int_sum = sum;
+                    self.scale = target;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The exact sum as a float.
+    fn exact_f64(&self) -> f64 {
+        self.int_sum as f64 / 10f64.powi(i32::from(self.scale))
     }
 
     fn add_float(&mut self, x: f64) {
@@ -234,7 +274,10 @@ impl Acc {
             *self = *other;
             return;
         }
-        self.int_sum = self.int_sum.saturating_add(other.int_sum);
+        if !self.add_exact(other.int_sum, other.scale) {
+            self.any_float = true;
+            self.add_float(other.exact_f64());
+        }
         self.add_float(other.float_sum);
         self.add_float(other.comp);
         self.any_float |= other.any_float;
@@ -250,22 +293,52 @@ impl Acc {
     /// The sum as a float.
     fn total(&self) -> f64 {
         let mut t = *self;
-        t.add_float(self.int_sum as f64);
+        t.add_float(self.exact_f64());
         t.float_sum + t.comp
     }
 
-    fn output(&self, agg: Agg) -> Value<'static> {
+    /// Writes the aggregate as the next cell: an exact sum as its decimal text.
+    fn output(&self, agg: Agg, w: &mut pipe_sdk::RowWriter<'_>) {
         if self.n == 0 {
-            return Value::Null;
+            w.value(Value::Null);
+            return;
         }
         match agg {
-            Agg::Sum => match i64::try_from(self.int_sum) {
-                Ok(i) if !self.any_float => Value::Int(i),
-                _ => Value::Float(self.total()),
+            Agg::Sum if !self.any_float => match i64::try_from(self.int_sum) {
+                Ok(m) => {
+                    let d = Dec {
+                        m,
+                        scale: self.scale,
+                    }
+                    .normalize();
+                    if self.scale == 0 {
+                        w.value(Value::Int(d.m));
+                    } else if d.scale == 0 && d.m.unsigned_abs() < 1 << 53 {
+                        // Decimals that sum to a whole number stay a float (`5.0`), so a
+                        // column's sum keeps its type from one group to the next; below
+                        // 2^53 the float is exact.
+                        w.value(Value::Float(d.m as f64));
+                    } else {
+                        let mut buf = pipe_expr::num::NumBuf::new();
+                        w.raw(Kind::Float, d.write(&mut buf));
+                    }
+                }
+                Err(_) => {
+                    w.value(Value::Float(self.total()));
+                }
             },
-            Agg::Min => self.min.value(),
-            Agg::Max => self.max.value(),
-            Agg::Avg => Value::Float(self.total() / self.n as f64),
+            Agg::Sum => {
+                w.value(Value::Float(self.total()));
+            }
+            Agg::Min => {
+                w.value(self.min.value());
+            }
+            Agg::Max => {
+                w.value(self.max.value());
+            }
+            Agg::Avg => {
+                w.value(Value::Float(self.total() / self.n as f64));
+            }
         }
     }
 }
@@ -290,7 +363,7 @@ pub struct Count {
     // Per-batch and per-row scratch, reused.
     by_cols: Vec<Option<usize>>,
     field_cols: Vec<Option<usize>>,
-    nums: Vec<Option<Num>>,
+    nums: Vec<Option<(Num, Option<Dec>)>>,
     key: Vec<u8>,
 }
 
@@ -351,16 +424,18 @@ impl CountState for StateReader<'_> {
         let int_sum = i128::from_le_bytes(self.array()?);
         let float_sum = self.finite()?;
         let comp = self.finite()?;
-        let any_float = match self.u8()? {
-            0 => false,
-            1 => true,
-            f => return Err(state_error(format!("unknown flags {f}"))),
-        };
+        let flags = self.u8()?;
+        let any_float = flags & 1 == 1;
+        let scale = flags >> 1;
+        if scale > pipe_expr::num::MAX_SCALE {
+            return Err(state_error(format!("unknown flags {flags}")));
+        }
         let min = self.num()?;
         let max = self.num()?;
         Ok(Acc {
             n,
             int_sum,
+            scale,
             float_sum,
             comp,
             any_float,
@@ -520,7 +595,7 @@ impl Stage for Count {
                 let (kind, text) = raw(&row, col);
                 match read_number(kind, text) {
                     Cell::Missing => self.nums.push(None),
-                    Cell::Num(n) => self.nums.push(Some(n)),
+                    Cell::Num(n, exact) => self.nums.push(Some((n, exact))),
                     Cell::NotANumber => {
                         let (value, cut) = shown(text);
                         let field = &self.fields[i];
@@ -543,8 +618,8 @@ impl Stage for Count {
             self.counts[g] += 1;
             let accs = &mut self.accs[g * self.fields.len()..(g + 1) * self.fields.len()];
             for (acc, n) in accs.iter_mut().zip(&self.nums) {
-                if let Some(n) = n {
-                    acc.add(*n);
+                if let Some((n, exact)) = n {
+                    acc.add(*n, *exact);
                 }
             }
         }
@@ -577,7 +652,7 @@ impl Stage for Count {
                 i64::try_from(self.counts[g]).unwrap_or(i64::MAX),
             ));
             for &(agg, f) in &self.outputs {
-                w.value(self.accs[g * nf + f].output(agg));
+                self.accs[g * nf + f].output(agg, &mut w);
             }
         }
         Ok(())
@@ -604,7 +679,7 @@ impl Stage for Count {
                 out.extend_from_slice(&a.int_sum.to_le_bytes());
                 out.extend_from_slice(&a.float_sum.to_bits().to_le_bytes());
                 out.extend_from_slice(&a.comp.to_bits().to_le_bytes());
-                out.push(u8::from(a.any_float));
+                out.push(u8::from(a.any_float) | (a.scale << 1));
                 put_num(&mut out, a.min);
                 put_num(&mut out, a.max);
             }

@@ -504,6 +504,7 @@ impl Batch {
     /// Moves every row `by` lines further down its input; rows a stage made (line 0)
     /// stay at 0. For a host whose input arrives in pieces: a message holding lines
     /// 5001-6000 of a file is read as lines 1-1000 of the message, then shifted.
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
     pub(crate) fn shift_lines(&mut self, by: u64) {
         for p in self.pos.iter_mut() {
             if p.line > 0 {

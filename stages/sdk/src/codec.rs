@@ -633,11 +633,18 @@ impl<R: Read> Read for LineIndex<R> {
         // holds 3 bytes or more. The BOM was dealt with here: hand over one byte first, so
         // that a second BOM (part of the first name) is kept however the input is read.
         let buf = if self.offset == 0 { &mut buf[..1] } else { buf };
+        let fresh = self.probe_state.is_none();
         let (at, len) = match self.probe_state {
             Some(state) => state,
             None => self.check_bom()?,
         };
-        let n = if at < len {
+        let n = if fresh && len == 0 && self.bom_len == 0 {
+            // The BOM check already read the end of the input. Reading again would wait
+            // for a second end: at a terminal, the first Ctrl-D would be ignored
+            // (daily.rs: `the_first_ctrl_d_on_an_empty_terminal_ends_the_run`).
+            self.probe_state = Some((0, 0));
+            0
+        } else if at < len {
             let n = (len - at).min(buf.len());
             buf[..n].copy_from_slice(&self.probe[at..at + n]);
             self.probe_state = Some((at + n, len));

@@ -29,6 +29,7 @@ pub trait HostOutput {
 }
 
 /// Host-side operations on a [`Batch`].
+#[cfg_attr(not(feature = "host"), allow(dead_code))]
 pub trait HostBatch {
     /// Moves every row `by` lines further down its input; rows a stage made (line 0)
     /// stay at 0. For a host whose input arrives in pieces: a message holding lines
