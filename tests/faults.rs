@@ -1778,3 +1778,43 @@ fn a_closed_stdout_is_an_error_not_a_silent_success() {
         .unwrap();
     assert_eq!(r.code(), Some(0));
 }
+
+/// Regression (issue 12): `channel_capacity = 1e12` aborted on allocation, `i64::MAX`
+/// panicked, `--workers 100000` aborted after 16k threads. Each is refused at start.
+#[test]
+fn settings_and_flags_out_of_bounds_are_refused_at_start() {
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "channel_capacity = 1e12",
+            &[],
+            "line 2, column 20: expected a whole number, found a fraction or exponent",
+        ),
+        (
+            "channel_capacity = 9223372036854775807",
+            &[],
+            "settings.channel_capacity must be a whole number from 1 to 1024, not \
+             9223372036854775807",
+        ),
+        (
+            "",
+            &["--workers", "100000"],
+            "--workers must be a whole number from 1 to 256, not 100000",
+        ),
+        (
+            "",
+            &["--batch-size", "2000000"],
+            "--batch-size must be a whole number from 1 to 1048576, not 2000000",
+        ),
+    ];
+    for (settings, flags, want) in cases {
+        let sb = Sandbox::with_config(&faulty_config(settings, "", ""));
+        let mut args = vec!["run", "--no-watch", "--stats=json"];
+        args.extend_from_slice(flags);
+        let r = sb.run(&args, &rows(3));
+        assert_eq!(r.code, 2, "{settings} {flags:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("pipe: error: "), "{}", r.stderr);
+        assert!(r.stderr.contains(want), "{}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert_eq!(r.stdout, "");
+    }
+}
