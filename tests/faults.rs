@@ -1818,3 +1818,108 @@ fn settings_and_flags_out_of_bounds_are_refused_at_start() {
         assert_eq!(r.stdout, "");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, item 7: the accounting line on every fault path.
+
+/// The human accounting line of `--stats` (the one that starts with `read `).
+fn accounting_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("read "))
+        .unwrap_or_else(|| panic!("no accounting line in:\n{stderr}"))
+}
+
+/// Regression: 5 good lines then a bad one under `fail` said `read 1`; the good ones were
+/// parsed and must count as read (in flight: the run stopped under them).
+#[test]
+fn bad_input_under_fail_counts_every_record_parsed() {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    let input = format!("{}6\n", rows(5));
+    let r = sb.run(&["run", "--no-watch", "--stats"], &input);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        accounting_line(&r.stderr),
+        "read 6 (bad input: 0 dead-lettered, 0 skipped) = written 0 + filtered 0 + \
+         dead-lettered 0 + skipped 0 + in flight when the run stopped 6"
+    );
+    let j = sb.run(&["run", "--no-watch", "--stats=json"], &input);
+    let s = j.assert_balanced_with_in_flight();
+    assert_eq!(
+        (s["read"].as_i64(), s["in_flight"].as_i64()),
+        (Some(6), Some(6))
+    );
+    // Under skip and dead-letter the same input balances without anything in flight.
+    for (pipeline, field) in [
+        ("on_bad_input = \"skip\"", "bad_input_skipped"),
+        (
+            "on_bad_input = \"dead-letter\"\ndead_letter = \"dl.jsonl\"",
+            "bad_input_dead_lettered",
+        ),
+    ] {
+        sb.write("pipelines.toml", faulty_config("", pipeline, ""));
+        let r = sb.run(&["run", "--no-watch", "--stats=json"], &input);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let s = r.assert_balanced();
+        assert_eq!(
+            (s["read"].as_i64(), s[field].as_i64()),
+            (Some(6), Some(1)),
+            "{s}"
+        );
+    }
+}
+
+/// Regression: the rows of the batch that stopped a run were counted as `filtered`.
+#[test]
+fn the_failed_batch_is_reported_as_failed_not_filtered() {
+    let sb = Sandbox::with_config(&faulty_config("", "", "config = { error_on = \"5\" }"));
+    let r = sb.run(
+        &["run", "--no-watch", "--stats", "--batch-size", "2"],
+        &rows(9),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = accounting_line(&r.stderr);
+    assert!(line.contains("filtered 0 "), "{line}");
+    assert!(line.contains("(2 in the batch that failed)"), "{line}");
+    let j = sb.run(
+        &["run", "--no-watch", "--stats=json", "--batch-size", "2"],
+        &rows(9),
+    );
+    let s = j.assert_balanced_with_in_flight();
+    assert_eq!(stage_stat(&s, "filtered"), 0, "{s}");
+    assert_eq!(stage_stat(&s, "failed"), 2, "{s}");
+    assert_eq!(stage_stat(&s, "batch_errors"), 1, "{s}");
+}
+
+/// Regression: `batches` grew by one at each stage downstream (each stage's empty
+/// end-of-stream output counted as a batch), and a stage that processed nothing was 100%
+/// busy.
+#[test]
+fn batches_are_what_each_stage_received_and_idle_stages_are_not_busy() {
+    let three = "[settings]\n\n[pipelines.default]\n\n\
+                 [[pipelines.default.stages]]\nplugin = \"faulty\"\nname = \"a\"\n\
+                 [[pipelines.default.stages]]\nplugin = \"faulty\"\nname = \"b\"\n\
+                 [[pipelines.default.stages]]\nplugin = \"faulty\"\nname = \"c\"\n";
+    let sb = Sandbox::with_config(three);
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], &rows(3));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = r.assert_balanced();
+    for st in s["stages"].as_array().unwrap() {
+        assert_eq!(st["batches"], 1, "{s}");
+    }
+    let r = sb.run(&["run", "--no-watch", "--stats"], "id,name\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for name in ["a", "b", "c"] {
+        let row = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{}", r.stderr));
+        assert!(row.contains(" 0.0% "), "{row}");
+    }
+    assert_eq!(
+        accounting_line(&r.stderr),
+        "read 0 (bad input: 0 dead-lettered, 0 skipped) = written 0 + filtered 0 + \
+         dead-lettered 0 + skipped 0"
+    );
+}

@@ -92,7 +92,16 @@ impl Source {
                             b.reason.trim_start_matches("no usable header: ")
                         );
                     }
-                    self.bad_record(b.pos, &b.reason, || b.raw.to_string())?;
+                    if let Err(e) = self.bad_record(b.pos, &b.reason, || b.raw.to_string()) {
+                        // The good records parsed with it were read too (issue 12: 5 good
+                        // lines then a bad one under `fail` said `read 1`); they are in
+                        // flight when the run stops.
+                        self.stats
+                            .source
+                            .read
+                            .fetch_add(batch.len() as u64, Relaxed);
+                        return Err(e);
+                    }
                 }
                 // An input's first batch goes on even when empty, so that a header-only
                 // CSV still produces its header.
