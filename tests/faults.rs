@@ -1923,3 +1923,136 @@ fn batches_are_what_each_stage_received_and_idle_stages_are_not_busy() {
          dead-lettered 0 + skipped 0"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, items 3 and 4: records too long, and line ends.
+
+/// Regression (issue 12): a 200 MB line took up to 860 MB of memory before it was found
+/// too large (and a 4 GB one aborted the process even under `skip`). With
+/// `max_record_bytes` the reader reads past it without holding it: the run goes on, counts
+/// it skipped, and its peak memory (the child's own, from wait4) stays far below the line.
+#[test]
+fn a_200_megabyte_line_under_skip_is_skipped_in_bounded_memory() {
+    let sb = Sandbox::with_config(&faulty_config(
+        "max_record_bytes = 1048576",
+        "input = \"jsonl\"\noutput = \"jsonl\"\non_bad_input = \"skip\"",
+        "",
+    ));
+    let mut child = sb
+        .command(&["run", "--no-watch", "--stats=json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(b"{\"id\":\"1\"}\n{\"name\":\"").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            stdin.write_all(&chunk).unwrap();
+        }
+        stdin.write_all(b"\"}\n{\"id\":\"3\"}\n").unwrap();
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    writer.join().unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 reaps the child we spawned (and never
+    // wait for through `child` afterwards).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let r = Run {
+        code: libc::WEXITSTATUS(status),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        jsonl(&r.stdout),
+        vec![json!({"id": "1"}), json!({"id": "3"})]
+    );
+    let s = r.assert_balanced();
+    assert_eq!(
+        (s["read"].as_i64(), s["bad_input_skipped"].as_i64()),
+        (Some(3), Some(1))
+    );
+    let peak_mb = usage.ru_maxrss / 1024;
+    assert!(peak_mb < 100, "peak memory {peak_mb} MB for a 200 MB line");
+    std::mem::forget(child);
+}
+
+/// A line over the limit is a bad record named as such under `fail`.
+#[test]
+fn a_record_over_max_record_bytes_is_bad_input() {
+    let sb = Sandbox::with_config(&faulty_config(
+        "max_record_bytes = 1024",
+        "input = \"jsonl\"\noutput = \"jsonl\"",
+        "",
+    ));
+    let input = format!("{{\"id\":\"1\"}}\n{{\"id\":\"{}\"}}\n", "y".repeat(2000));
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], &input);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        messages(&r).starts_with(
+            "pipe: error: bad input at -:2: the record is longer than max_record_bytes \
+             (2009 bytes; the limit is 1024)"
+        ),
+        "{}",
+        r.stderr
+    );
+    r.assert_balanced_with_in_flight();
+}
+
+/// Regression (issue 12): JSON lines with CR-only line ends were one bad record; under
+/// `skip`, exit 0 and nothing written.
+#[test]
+fn json_lines_end_at_cr_crlf_and_lf() {
+    let sb = Sandbox::with_config(&faulty_config(
+        "",
+        "input = \"jsonl\"\noutput = \"jsonl\"\non_bad_input = \"skip\"",
+        "",
+    ));
+    let input = "{\"id\":\"1\"}\r{\"id\":\"2\"}\r\n{\"id\":\"3\"}\n\r\n{\"id\":\"4\"}\r";
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], input);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        jsonl(&r.stdout),
+        (1..=4)
+            .map(|i| json!({"id": i.to_string()}))
+            .collect::<Vec<_>>()
+    );
+    let s = r.assert_balanced();
+    assert_eq!(
+        (s["read"].as_i64(), s["bad_input_skipped"].as_i64()),
+        (Some(4), Some(0))
+    );
+    // Line numbers count every line end once (`\r\n` too): the bad record is on line 3.
+    sb.write(
+        "pipelines.toml",
+        faulty_config("", "input = \"jsonl\"\noutput = \"jsonl\"", ""),
+    );
+    let r = sb.run(
+        &["run", "--no-watch", "--stats=json"],
+        "{\"id\":\"1\"}\r\n{\"id\":\"2\"}\r[1]\r\n",
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        messages(&r).starts_with("pipe: error: bad input at -:3: "),
+        "{}",
+        r.stderr
+    );
+    r.assert_balanced_with_in_flight();
+}

@@ -33,6 +33,9 @@ pub mod bounds {
     pub const DEBOUNCE_MS: (u64, u64) = (0, 3_600_000);
     /// `workers`, `--workers`: threads (or child processes) per stage.
     pub const WORKERS: (u64, u64) = (1, 256);
+    /// `max_record_bytes`: from 1 KiB to 4 GiB less a byte (the most one record's text
+    /// can hold in a batch).
+    pub const MAX_RECORD_BYTES: (u64, u64) = (1024, u32::MAX as u64);
     /// `timeout_ms`: up to a day per batch.
     pub const TIMEOUT_MS: (u64, u64) = (1, 86_400_000);
 
@@ -107,6 +110,8 @@ pub struct SettingsConfig {
     pub watch: Option<bool>,
     /// How long a changed file must stay quiet before it is reloaded, in ms (default 300).
     pub debounce_ms: Option<Whole>,
+    /// Longest record read, in bytes (default 64 MiB); a longer one is bad input.
+    pub max_record_bytes: Option<Whole>,
 }
 
 /// `[pipelines.NAME]`.
@@ -285,6 +290,13 @@ impl PipelinesConfig {
             bounds::CHANNEL_CAPACITY,
         )
         .map_err(invalid)? as usize;
+        let max_record_bytes = bounds::check(
+            "settings.max_record_bytes",
+            s.max_record_bytes
+                .map_or(pipe_sdk::codec::DEFAULT_MAX_RECORD_BYTES as i64, |w| w.0),
+            bounds::MAX_RECORD_BYTES,
+        )
+        .map_err(invalid)? as usize;
         let debounce_ms = bounds::check(
             "settings.debounce_ms",
             s.debounce_ms.map_or(300, |w| w.0),
@@ -380,6 +392,7 @@ impl PipelinesConfig {
             on_bad_input: p.on_bad_input.unwrap_or_default(),
             batch_size,
             channel_capacity,
+            max_record_bytes,
             watch: s.watch.unwrap_or(true),
             debounce: Duration::from_millis(debounce_ms),
             stages,

@@ -27,6 +27,8 @@ pub struct Source {
     pub formats: Vec<Format>,
     /// Records per batch.
     pub batch_size: usize,
+    /// Longest record held in memory (`settings.max_record_bytes`).
+    pub max_record_bytes: usize,
     /// `on_bad_input`.
     pub policy: Policy,
     /// Dead letters.
@@ -60,6 +62,7 @@ impl Source {
                 }
             };
             let mut reader = codec::reader(format, input, i as u32);
+            reader.set_max_record_bytes(self.max_record_bytes);
             if name == "-" {
                 // A pipe or a terminal may go quiet: hand on what has arrived instead of
                 // waiting for a full batch.
