@@ -2056,34 +2056,3 @@ fn json_lines_end_at_cr_crlf_and_lf() {
     );
     r.assert_balanced_with_in_flight();
 }
-
-/// Regression (issue 12): `id,id,v` was accepted (JSON output with duplicate keys, stages
-/// seeing the first `id` only) and an empty name became a `""` key. Both are refused,
-/// naming the columns; the rule is an error, not a renaming (README says why).
-#[test]
-fn csv_headers_with_repeated_or_empty_names_are_refused_naming_the_columns() {
-    let sb = Sandbox::with_config(&faulty_config("", "output = \"jsonl\"", ""));
-    for (header, why) in [
-        (
-            "id,id,v",
-            "the header names column `id` twice (columns 1 and 2); give every column its own \
-             name",
-        ),
-        (
-            "id,,v",
-            "the header's column 2 has no name; give every column a name",
-        ),
-    ] {
-        let r = sb.run(
-            &["run", "--no-watch", "--stats=json"],
-            &format!("{header}\n1,2,3\n"),
-        );
-        assert_eq!(r.code, 1, "{}", r.stderr);
-        assert_eq!(
-            messages(&r),
-            format!("pipe: error: bad input at -:1: {why}\n{SOURCE_HINT}\n")
-        );
-        assert_eq!(r.stdout, "");
-        r.assert_balanced_with_in_flight();
-    }
-}

@@ -175,32 +175,6 @@ fn too_large(len: usize) -> String {
     format!("the record is too large ({len} bytes; the limit is {RECORD_BYTES} bytes)")
 }
 
-/// Refuses a header with an empty or a repeated name (issue 12: `id,id,v` was taken, so
-/// JSON output had duplicate keys and stages saw only the first `id`). An error rather
-/// than a renaming rule (`id_2`): a made-up name is one no stage config or reader of the
-/// output expects, so the run would go on quietly wrong; the fix (name the columns) is
-/// the user's and takes a second.
-fn header_names_are_usable(header: &[String]) -> Result<(), String> {
-    let mut seen = std::collections::HashMap::with_capacity(header.len());
-    for (i, name) in header.iter().enumerate() {
-        if name.is_empty() {
-            return Err(format!(
-                "the header's column {} has no name; give every column a name",
-                i + 1
-            ));
-        }
-        if let Some(first) = seen.insert(name.as_str(), i) {
-            return Err(format!(
-                "the header names column `{name}` twice (columns {} and {}); give every \
-                 column its own name",
-                first + 1,
-                i + 1
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Reads CSV with a header line. Quoted fields may hold commas, quotes and newlines; CRLF
 /// and a UTF-8 byte-order mark are handled.
 ///
@@ -326,7 +300,7 @@ impl<R: Read> CsvReader<R> {
                         })
                     })
                     .collect();
-                match fields.and_then(|h| header_names_are_usable(&h).map(|()| h)) {
+                match fields {
                     Ok(h) => {
                         self.header = Some(h);
                         None
