@@ -879,6 +879,24 @@ fn listing(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Whether process `pid` holds a temporary output file in `dir`: a named `*.tmp` there,
+/// or an unnamed one (`O_TMPFILE` shows in /proc as `DIR/#INODE (deleted)`).
+fn has_temp_output(pid: u32, dir: &Path) -> bool {
+    if listing(dir).iter().any(|n| n.ends_with(".tmp")) {
+        return true;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let dir = dir.canonicalize().unwrap();
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.starts_with(&format!("{}/#", dir.display())) && t.ends_with("(deleted)")
+        })
+    })
+}
+
 #[test]
 fn dash_o_writes_the_file_and_leaves_no_temporary() {
     let sb = Sandbox::with_config(&faulty_config("", "", "workers = 2"));
@@ -924,9 +942,11 @@ fn dash_o_is_replaced_only_when_the_run_succeeds() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(rows(2000).as_bytes()).unwrap();
     stdin.flush().unwrap();
-    // While the run goes on, its output is in a temporary file beside the destination.
+    // While the run goes on, its output is in a temporary file in the destination's
+    // directory: unnamed (O_TMPFILE, seen only among the process's descriptors) or, where
+    // that is unavailable, under a random name.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !listing(sb.dir.path()).iter().any(|n| n.ends_with(".tmp")) {
+    while !has_temp_output(child.id(), sb.dir.path()) {
         assert!(
             Instant::now() < deadline,
             "no temporary file beside out.csv"
@@ -1470,4 +1490,583 @@ fn a_panicking_stage_worker_thread_fails_the_run_naming_it() {
         std::fs::read_to_string(sb.path("out.csv")).unwrap(),
         "precious\n"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 12: `-o` in a shared directory, kept modes, killed runs, full disks, closed stdout.
+
+/// Whether the tests run as root (they then also play another user with `runuser`).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A small tmpfs mounted in `dir` for as long as it lives (root only), to fill up.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a 64 KiB tmpfs at `dir/disk`, or `None` where mounting is not allowed.
+    fn mount(dir: &Path) -> Option<SmallDisk> {
+        let at = dir.join("disk");
+        std::fs::create_dir(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs"])
+            .arg(&at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(at))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `n` rows whose ids are all 3 (rejected by `reject_on = "3"`), each with a 1000-byte
+/// name: enough to fill a 64 KiB disk.
+fn big_rejects(n: u32) -> String {
+    let mut s = String::from("id,name\n");
+    for _ in 0..n {
+        s.push_str(&format!("3,{}\n", "x".repeat(1000)));
+    }
+    s
+}
+
+#[test]
+fn dash_o_keeps_the_mode_and_owner_of_the_file_it_replaces() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    sb.write("in.csv", rows(10));
+    let out = sb.write("out.csv", "secret\n");
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if is_root() {
+        // nobody's uid and gid on every Linux distribution.
+        std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
+    }
+    let r = sb.run(
+        &[
+            "run",
+            "in.csv",
+            "-o",
+            "out.csv",
+            "--no-watch",
+            "--stats=json",
+        ],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.assert_balanced();
+    assert_eq!(sb.read("out.csv"), rows(10));
+    let md = std::fs::metadata(&out).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600, "a 0600 file came back readable");
+    if is_root() {
+        assert_eq!((md.uid(), md.gid()), (65534, 65534), "the owner changed");
+    }
+    assert_eq!(
+        listing(sb.dir.path()),
+        ["in.csv", "out.csv", "pipelines.toml"]
+    );
+}
+
+#[test]
+fn dash_o_dash_is_stdout() {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    let r = sb.run(&["run", "-o", "-", "--no-watch", "--stats=json"], &rows(3));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, rows(3));
+    r.assert_balanced();
+    assert_eq!(listing(sb.dir.path()), ["pipelines.toml"]);
+}
+
+/// Regression (issue 12): the temporary file was `.FILE.pipe-PID.tmp`, created following
+/// symlinks and truncating what was there, so another user of a shared directory could
+/// make a root run overwrite any file, or own the output. Here `nobody` plants a symlink
+/// or a file of its own at that name for each of the next pids; none is followed,
+/// written or reused.
+#[test]
+fn dash_o_in_a_shared_directory_follows_no_planted_temporary_name() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    sb.write("in.csv", rows(50));
+    let victim = sb.write("victim.txt", "precious\n");
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let plant = format!(
+        "for p in $(seq {} {}); do if [ $((p % 2)) = 0 ]; then ln -s {} .out.csv.pipe-$p.tmp; \
+         else echo mine > .out.csv.pipe-$p.tmp; fi; done",
+        last + 1,
+        last + 400,
+        victim.display()
+    );
+    let as_nobody = if is_root() {
+        vec!["runuser", "-u", "nobody", "--", "sh", "-c", &plant]
+    } else {
+        vec!["sh", "-c", &plant]
+    };
+    let st = Command::new(as_nobody[0])
+        .args(&as_nobody[1..])
+        .current_dir(sb.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let planted = listing(sb.dir.path());
+    let r = sb.run(
+        &[
+            "run",
+            "in.csv",
+            "-o",
+            "out.csv",
+            "--no-watch",
+            "--stats=json",
+        ],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.assert_balanced();
+    assert_eq!(
+        sb.read("victim.txt"),
+        "precious\n",
+        "a planted symlink was followed"
+    );
+    assert_eq!(sb.read("out.csv"), rows(50));
+    let md = std::fs::metadata(sb.path("out.csv")).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        md.uid(),
+        unsafe { libc::geteuid() },
+        "the output is someone else's"
+    );
+    assert!(!md.file_type().is_symlink());
+    for name in planted.iter().filter(|n| n.ends_with(".tmp")) {
+        let p = sb.path(name);
+        let lmd = std::fs::symlink_metadata(&p).unwrap();
+        if !lmd.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_to_string(&p).unwrap(),
+                "mine\n",
+                "{name} reused"
+            );
+        }
+    }
+    let mut after = listing(sb.dir.path());
+    after.retain(|n| n != "out.csv");
+    assert_eq!(after, planted, "a temporary file was left behind");
+}
+
+#[test]
+fn a_killed_run_leaves_no_temporary_file() {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    sb.write("out.csv", "old\n");
+    let mut child = sb
+        .command(&["run", "-o", "out.csv", "--no-watch", "--batch-size", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(rows(2000).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !has_temp_output(child.id(), sb.dir.path()) {
+        assert!(Instant::now() < deadline, "the run never opened its output");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    assert_eq!(sb.read("out.csv"), "old\n");
+    assert_eq!(listing(sb.dir.path()), ["out.csv", "pipelines.toml"]);
+}
+
+/// Regression (issue 12): the dead letter was buffered and a failure at its final flush
+/// was only logged: exit 0, "2 dead-lettered", an empty file.
+#[test]
+fn a_full_disk_under_the_dead_letter_fails_the_run_and_counts_only_what_was_written() {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    let disk = SmallDisk::mount(sb.dir.path());
+    let file = match &disk {
+        Some(d) => d.0.join("dl.jsonl"),
+        None => std::path::PathBuf::from("/dev/full"),
+    };
+    sb.write(
+        "pipelines.toml",
+        faulty_config(
+            "batch_size = 10",
+            &format!("dead_letter = \"{}\"", file.display()),
+            "on_error = \"dead-letter\"\nconfig = { reject_on = \"3\" }",
+        ),
+    );
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], &big_rejects(200));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        messages(&r),
+        format!(
+            "pipe: error: writing the dead-letter file: dead-letter file {}: No space left on \
+             device (os error 28)\n",
+            file.display()
+        )
+    );
+    let s = r.stats().expect("stats");
+    let written = if disk.is_some() {
+        std::fs::read_to_string(&file).unwrap().lines().count() as i64
+    } else {
+        0
+    };
+    assert_eq!(stage_stat(&s, "dead_lettered"), written, "{s}");
+    assert!(!r.stdout.contains("\n3,"), "a rejected record was written");
+    drop(disk);
+}
+
+#[test]
+fn a_full_disk_under_the_output_fails_the_run_and_leaves_nothing() {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    sb.write("in.csv", big_rejects(200));
+    // stdout on a full device.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = sb
+        .command(&["run", "in.csv", "--no-watch", "--stats=json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipe: error: writing the output: No space left on device (os error 28)"),
+        "{err}"
+    );
+    // -o on a small file system that fills up: the old file stays, nothing is left.
+    if let Some(disk) = SmallDisk::mount(sb.dir.path()) {
+        std::fs::write(disk.0.join("out.csv"), "old\n").unwrap();
+        let dest = disk.0.join("out.csv");
+        let r = sb.run(
+            &["run", "in.csv", "-o", dest.to_str().unwrap(), "--no-watch"],
+            "",
+        );
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+        assert!(r.stderr.contains("output"), "{}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "old\n");
+        assert_eq!(listing(&disk.0), ["out.csv"]);
+    }
+}
+
+/// Regression (issue 12): with stdout closed every row was dropped and the run exited 0.
+#[test]
+fn a_closed_stdout_is_an_error_not_a_silent_success() {
+    plugins();
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    sb.write("in.csv", rows(5));
+    for o in ["", "-o -"] {
+        let script = format!("'{}' run in.csv {o} --no-watch >&-", pipe_bin().display());
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(sb.dir.path())
+            .env_remove("PIPE_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("PIPE_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{o}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "pipe: error: cannot write the output: stdout is closed; give it a file or name \
+             one with -o FILE\n"
+        );
+    }
+    // `>/dev/null` is a fine place for output.
+    let r = sb
+        .command(&["run", "in.csv", "--no-watch"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(r.code(), Some(0));
+}
+
+/// Regression (issue 12): `channel_capacity = 1e12` aborted on allocation, `i64::MAX`
+/// panicked, `--workers 100000` aborted after 16k threads. Each is refused at start.
+#[test]
+fn settings_and_flags_out_of_bounds_are_refused_at_start() {
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "channel_capacity = 1e12",
+            &[],
+            "line 2, column 20: expected a whole number, found a fraction or exponent",
+        ),
+        (
+            "channel_capacity = 9223372036854775807",
+            &[],
+            "settings.channel_capacity must be a whole number from 1 to 1024, not \
+             9223372036854775807",
+        ),
+        (
+            "",
+            &["--workers", "100000"],
+            "--workers must be a whole number from 1 to 256, not 100000",
+        ),
+        (
+            "",
+            &["--batch-size", "2000000"],
+            "--batch-size must be a whole number from 1 to 1048576, not 2000000",
+        ),
+    ];
+    for (settings, flags, want) in cases {
+        let sb = Sandbox::with_config(&faulty_config(settings, "", ""));
+        let mut args = vec!["run", "--no-watch", "--stats=json"];
+        args.extend_from_slice(flags);
+        let r = sb.run(&args, &rows(3));
+        assert_eq!(r.code, 2, "{settings} {flags:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("pipe: error: "), "{}", r.stderr);
+        assert!(r.stderr.contains(want), "{}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert_eq!(r.stdout, "");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, item 7: the accounting line on every fault path.
+
+/// The human accounting line of `--stats` (the one that starts with `read `).
+fn accounting_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("read "))
+        .unwrap_or_else(|| panic!("no accounting line in:\n{stderr}"))
+}
+
+/// Regression: 5 good lines then a bad one under `fail` said `read 1`; the good ones were
+/// parsed and must count as read (in flight: the run stopped under them).
+#[test]
+fn bad_input_under_fail_counts_every_record_parsed() {
+    let sb = Sandbox::with_config(&faulty_config("", "", ""));
+    let input = format!("{}6\n", rows(5));
+    let r = sb.run(&["run", "--no-watch", "--stats"], &input);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        accounting_line(&r.stderr),
+        "read 6 (bad input: 0 dead-lettered, 0 skipped) = written 0 + filtered 0 + \
+         dead-lettered 0 + skipped 0 + in flight when the run stopped 6"
+    );
+    let j = sb.run(&["run", "--no-watch", "--stats=json"], &input);
+    let s = j.assert_balanced_with_in_flight();
+    assert_eq!(
+        (s["read"].as_i64(), s["in_flight"].as_i64()),
+        (Some(6), Some(6))
+    );
+    // Under skip and dead-letter the same input balances without anything in flight.
+    for (pipeline, field) in [
+        ("on_bad_input = \"skip\"", "bad_input_skipped"),
+        (
+            "on_bad_input = \"dead-letter\"\ndead_letter = \"dl.jsonl\"",
+            "bad_input_dead_lettered",
+        ),
+    ] {
+        sb.write("pipelines.toml", faulty_config("", pipeline, ""));
+        let r = sb.run(&["run", "--no-watch", "--stats=json"], &input);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let s = r.assert_balanced();
+        assert_eq!(
+            (s["read"].as_i64(), s[field].as_i64()),
+            (Some(6), Some(1)),
+            "{s}"
+        );
+    }
+}
+
+/// Regression: the rows of the batch that stopped a run were counted as `filtered`.
+#[test]
+fn the_failed_batch_is_reported_as_failed_not_filtered() {
+    let sb = Sandbox::with_config(&faulty_config("", "", "config = { error_on = \"5\" }"));
+    let r = sb.run(
+        &["run", "--no-watch", "--stats", "--batch-size", "2"],
+        &rows(9),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = accounting_line(&r.stderr);
+    assert!(line.contains("filtered 0 "), "{line}");
+    assert!(line.contains("(2 in the batch that failed)"), "{line}");
+    let j = sb.run(
+        &["run", "--no-watch", "--stats=json", "--batch-size", "2"],
+        &rows(9),
+    );
+    let s = j.assert_balanced_with_in_flight();
+    assert_eq!(stage_stat(&s, "filtered"), 0, "{s}");
+    assert_eq!(stage_stat(&s, "failed"), 2, "{s}");
+    assert_eq!(stage_stat(&s, "batch_errors"), 1, "{s}");
+}
+
+/// Regression: `batches` grew by one at each stage downstream (each stage's empty
+/// end-of-stream output counted as a batch), and a stage that processed nothing was 100%
+/// busy.
+#[test]
+fn batches_are_what_each_stage_received_and_idle_stages_are_not_busy() {
+    let three = "[settings]\n\n[pipelines.default]\n\n\
+                 [[pipelines.default.stages]]\nplugin = \"faulty\"\nname = \"a\"\n\
+                 [[pipelines.default.stages]]\nplugin = \"faulty\"\nname = \"b\"\n\
+                 [[pipelines.default.stages]]\nplugin = \"faulty\"\nname = \"c\"\n";
+    let sb = Sandbox::with_config(three);
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], &rows(3));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = r.assert_balanced();
+    for st in s["stages"].as_array().unwrap() {
+        assert_eq!(st["batches"], 1, "{s}");
+    }
+    let r = sb.run(&["run", "--no-watch", "--stats"], "id,name\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for name in ["a", "b", "c"] {
+        let row = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{}", r.stderr));
+        assert!(row.contains(" 0.0% "), "{row}");
+    }
+    assert_eq!(
+        accounting_line(&r.stderr),
+        "read 0 (bad input: 0 dead-lettered, 0 skipped) = written 0 + filtered 0 + \
+         dead-lettered 0 + skipped 0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, items 3 and 4: records too long, and line ends.
+
+/// Regression (issue 12): a 200 MB line took up to 860 MB of memory before it was found
+/// too large (and a 4 GB one aborted the process even under `skip`). With
+/// `max_record_bytes` the reader reads past it without holding it: the run goes on, counts
+/// it skipped, and its peak memory (the child's own, from wait4) stays far below the line.
+#[test]
+fn a_200_megabyte_line_under_skip_is_skipped_in_bounded_memory() {
+    let sb = Sandbox::with_config(&faulty_config(
+        "max_record_bytes = 1048576",
+        "input = \"jsonl\"\noutput = \"jsonl\"\non_bad_input = \"skip\"",
+        "",
+    ));
+    let mut child = sb
+        .command(&["run", "--no-watch", "--stats=json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(b"{\"id\":\"1\"}\n{\"name\":\"").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            stdin.write_all(&chunk).unwrap();
+        }
+        stdin.write_all(b"\"}\n{\"id\":\"3\"}\n").unwrap();
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    writer.join().unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 reaps the child we spawned (and never
+    // wait for through `child` afterwards).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let r = Run {
+        code: libc::WEXITSTATUS(status),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        jsonl(&r.stdout),
+        vec![json!({"id": "1"}), json!({"id": "3"})]
+    );
+    let s = r.assert_balanced();
+    assert_eq!(
+        (s["read"].as_i64(), s["bad_input_skipped"].as_i64()),
+        (Some(3), Some(1))
+    );
+    let peak_mb = usage.ru_maxrss / 1024;
+    assert!(peak_mb < 100, "peak memory {peak_mb} MB for a 200 MB line");
+    std::mem::forget(child);
+}
+
+/// A line over the limit is a bad record named as such under `fail`.
+#[test]
+fn a_record_over_max_record_bytes_is_bad_input() {
+    let sb = Sandbox::with_config(&faulty_config(
+        "max_record_bytes = 1024",
+        "input = \"jsonl\"\noutput = \"jsonl\"",
+        "",
+    ));
+    let input = format!("{{\"id\":\"1\"}}\n{{\"id\":\"{}\"}}\n", "y".repeat(2000));
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], &input);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        messages(&r).starts_with(
+            "pipe: error: bad input at -:2: the record is longer than max_record_bytes \
+             (2009 bytes; the limit is 1024)"
+        ),
+        "{}",
+        r.stderr
+    );
+    r.assert_balanced_with_in_flight();
+}
+
+/// Regression (issue 12): JSON lines with CR-only line ends were one bad record; under
+/// `skip`, exit 0 and nothing written.
+#[test]
+fn json_lines_end_at_cr_crlf_and_lf() {
+    let sb = Sandbox::with_config(&faulty_config(
+        "",
+        "input = \"jsonl\"\noutput = \"jsonl\"\non_bad_input = \"skip\"",
+        "",
+    ));
+    let input = "{\"id\":\"1\"}\r{\"id\":\"2\"}\r\n{\"id\":\"3\"}\n\r\n{\"id\":\"4\"}\r";
+    let r = sb.run(&["run", "--no-watch", "--stats=json"], input);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        jsonl(&r.stdout),
+        (1..=4)
+            .map(|i| json!({"id": i.to_string()}))
+            .collect::<Vec<_>>()
+    );
+    let s = r.assert_balanced();
+    assert_eq!(
+        (s["read"].as_i64(), s["bad_input_skipped"].as_i64()),
+        (Some(4), Some(0))
+    );
+    // Line numbers count every line end once (`\r\n` too): the bad record is on line 3.
+    sb.write(
+        "pipelines.toml",
+        faulty_config("", "input = \"jsonl\"\noutput = \"jsonl\"", ""),
+    );
+    let r = sb.run(
+        &["run", "--no-watch", "--stats=json"],
+        "{\"id\":\"1\"}\r\n{\"id\":\"2\"}\r[1]\r\n",
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        messages(&r).starts_with("pipe: error: bad input at -:3: "),
+        "{}",
+        r.stderr
+    );
+    r.assert_balanced_with_in_flight();
 }

@@ -18,6 +18,72 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The bounds of every number a run takes, from the file or a flag, checked before the
+/// run starts (issue 12: `channel_capacity = 1e12` aborted on allocation, `i64::MAX`
+/// panicked, `--workers 100000` aborted after 16k threads). Each is `(lowest, highest)`;
+/// README's configuration table lists them.
+pub mod bounds {
+    /// `batch_size`, `--batch-size`: records per batch.
+    pub const BATCH_SIZE: (u64, u64) = (1, 1 << 20);
+    /// `channel_capacity`: batches buffered between two stages. Memory is about
+    /// `batch_size × channel_capacity` records per stage, so both are capped.
+    pub const CHANNEL_CAPACITY: (u64, u64) = (1, 1024);
+    /// `debounce_ms`: up to an hour (longer would look like a reload that never comes).
+    pub const DEBOUNCE_MS: (u64, u64) = (0, 3_600_000);
+    /// `workers`, `--workers`: threads (or child processes) per stage.
+    pub const WORKERS: (u64, u64) = (1, 256);
+    /// `max_record_bytes`: from 1 KiB to 4 GiB less a byte (the most one record's text
+    /// can hold in a batch).
+    pub const MAX_RECORD_BYTES: (u64, u64) = (1024, u32::MAX as u64);
+    /// `timeout_ms`: up to a day per batch.
+    pub const TIMEOUT_MS: (u64, u64) = (1, 86_400_000);
+    /// `memory_mb`: a WASM stage's memory; a wasm32 memory holds at most 4 GiB.
+    pub const MEMORY_MB: (u64, u64) = (1, 4096);
+
+    /// `value` if it lies in `(lo, hi)`, else what `key` must be.
+    pub fn check(key: &str, value: i64, (lo, hi): (u64, u64)) -> Result<u64, String> {
+        match u64::try_from(value) {
+            Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+            _ => Err(format!(
+                "{key} must be a whole number from {lo} to {hi}, not {value}"
+            )),
+        }
+    }
+}
+
+/// A whole number in the file. Its own type so that a fraction or an exponent
+/// (`channel_capacity = 1e12`) is refused with "expected a whole number" rather than
+/// serde's "expected usize"; the range is checked by [`bounds::check`], which names the
+/// key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whole(pub i64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Whole;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
+                Ok(Whole(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Whole, E> {
+                i64::try_from(v).map(Whole).map_err(|_| {
+                    E::custom(format!("expected a whole number, found {v}: far too large"))
+                })
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Whole, E> {
+                Err(E::custom(format!(
+                    "expected a whole number, found a fraction or exponent (`{v}`)"
+                )))
+            }
+        }
+        d.deserialize_i64(V)
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,13 +104,15 @@ pub struct SettingsConfig {
     /// file.
     pub plugin_dir: Option<PathBuf>,
     /// Records per batch (default 1024).
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<Whole>,
     /// Batches each inter-stage channel holds (default 4).
-    pub channel_capacity: Option<usize>,
+    pub channel_capacity: Option<Whole>,
     /// Watch plugins and this file for changes while running (default true).
     pub watch: Option<bool>,
     /// How long a changed file must stay quiet before it is reloaded, in ms (default 300).
-    pub debounce_ms: Option<u64>,
+    pub debounce_ms: Option<Whole>,
+    /// Longest record read, in bytes (default 64 MiB); a longer one is bad input.
+    pub max_record_bytes: Option<Whole>,
 }
 
 /// `[pipelines.NAME]`.
@@ -81,13 +149,13 @@ pub struct StageConfig {
     /// A directory (or the file itself) to look in first; relative to the config file.
     pub path: Option<PathBuf>,
     /// Worker threads (default 1; stateful stages always run 1).
-    pub workers: Option<usize>,
+    pub workers: Option<Whole>,
     /// What to do with a row the stage rejects or fails on (default fail).
     pub on_error: Option<Policy>,
     /// Longest time one batch may take, in ms (default: no limit; 10 s for a WASM stage).
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<Whole>,
     /// A WASM stage's memory cap per instance, in MiB (default 128; other kinds ignore it).
-    pub memory_mb: Option<u64>,
+    pub memory_mb: Option<Whole>,
     /// Expected SHA-256 of the plugin file, hex; checked at every load.
     pub sha256: Option<String>,
     /// The stage's own config, handed to it as JSON.
@@ -215,18 +283,31 @@ impl PipelinesConfig {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         let s = &self.settings;
-        let batch_size = s.batch_size.unwrap_or(1024);
-        if batch_size == 0 || batch_size > 1 << 20 {
-            return Err(invalid(format!(
-                "settings.batch_size must be between 1 and 1048576, not {batch_size}"
-            )));
-        }
-        let channel_capacity = s.channel_capacity.unwrap_or(4);
-        if channel_capacity == 0 {
-            return Err(invalid(
-                "settings.channel_capacity must be at least 1".into(),
-            ));
-        }
+        let batch_size = bounds::check(
+            "settings.batch_size",
+            s.batch_size.map_or(1024, |w| w.0),
+            bounds::BATCH_SIZE,
+        )
+        .map_err(invalid)? as usize;
+        let channel_capacity = bounds::check(
+            "settings.channel_capacity",
+            s.channel_capacity.map_or(4, |w| w.0),
+            bounds::CHANNEL_CAPACITY,
+        )
+        .map_err(invalid)? as usize;
+        let max_record_bytes = bounds::check(
+            "settings.max_record_bytes",
+            s.max_record_bytes
+                .map_or(pipe_sdk::codec::DEFAULT_MAX_RECORD_BYTES as i64, |w| w.0),
+            bounds::MAX_RECORD_BYTES,
+        )
+        .map_err(invalid)? as usize;
+        let debounce_ms = bounds::check(
+            "settings.debounce_ms",
+            s.debounce_ms.map_or(300, |w| w.0),
+            bounds::DEBOUNCE_MS,
+        )
+        .map_err(invalid)?;
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(Path::to_path_buf));
@@ -278,21 +359,16 @@ impl PipelinesConfig {
                     "stage name `{stage_name}` is used twice; give one a `name = \"...\"`"
                 )));
             }
-            let workers = st.workers.unwrap_or(1);
-            if workers == 0 || workers > 256 {
-                return Err(at(format!(
-                    "workers must be between 1 and 256, not {workers}"
-                )));
-            }
-            if st.timeout_ms == Some(0) {
-                return Err(at("timeout_ms must be at least 1".into()));
-            }
-            // A wasm32 memory holds at most 4 GiB.
-            if let Some(mb) = st.memory_mb.filter(|mb| !(1..=4096).contains(mb)) {
-                return Err(at(format!(
-                    "memory_mb must be between 1 and 4096, not {mb}"
-                )));
-            }
+            let workers = bounds::check("workers", st.workers.map_or(1, |w| w.0), bounds::WORKERS)
+                .map_err(at)? as usize;
+            let timeout_ms = match st.timeout_ms {
+                Some(t) => Some(bounds::check("timeout_ms", t.0, bounds::TIMEOUT_MS).map_err(at)?),
+                None => None,
+            };
+            let memory_mb = match st.memory_mb {
+                Some(m) => Some(bounds::check("memory_mb", m.0, bounds::MEMORY_MB).map_err(at)?),
+                None => None,
+            };
             let sha256 = match &st.sha256 {
                 Some(h) => {
                     let h = h.trim().to_ascii_lowercase();
@@ -310,8 +386,8 @@ impl PipelinesConfig {
                 kind,
                 workers,
                 on_error: st.on_error.unwrap_or_default(),
-                timeout: st.timeout_ms.map(Duration::from_millis),
-                memory_mb: st.memory_mb,
+                timeout: timeout_ms.map(Duration::from_millis),
+                memory_mb,
                 sha256,
                 config_json,
             });
@@ -333,8 +409,9 @@ impl PipelinesConfig {
             on_bad_input: p.on_bad_input.unwrap_or_default(),
             batch_size,
             channel_capacity,
+            max_record_bytes,
             watch: s.watch.unwrap_or(true),
-            debounce: Duration::from_millis(s.debounce_ms.unwrap_or(300)),
+            debounce: Duration::from_millis(debounce_ms),
             stages,
         })
     }
@@ -382,6 +459,44 @@ mod tests {
         let c = PipelinesConfig::parse(path, text)?;
         let name = c.select(path, None)?;
         c.plan(path, &name)
+    }
+
+    /// Regression (issue 12): these aborted or panicked the run instead of being refused.
+    #[test]
+    fn numbers_out_of_bounds_are_refused_with_the_key_and_the_range() {
+        let cases = [
+            ("[settings]\nchannel_capacity = 1e12", "expected a whole number"),
+            (
+                "[settings]\nchannel_capacity = 9223372036854775807",
+                "settings.channel_capacity must be a whole number from 1 to 1024, not 9223372036854775807",
+            ),
+            (
+                "[settings]\nbatch_size = 0",
+                "settings.batch_size must be a whole number from 1 to 1048576, not 0",
+            ),
+            (
+                "[settings]\ndebounce_ms = -1",
+                "settings.debounce_ms must be a whole number from 0 to 3600000, not -1",
+            ),
+            (
+                "[pipelines.default.stages]]\nplugin = \"a\"\nworkers = 100000",
+                "workers must be a whole number from 1 to 256, not 100000",
+            ),
+            (
+                "[pipelines.default.stages]]\nplugin = \"a\"\ntimeout_ms = 0",
+                "timeout_ms must be a whole number from 1 to 86400000, not 0",
+            ),
+        ];
+        for (head, want) in cases {
+            // Settings go before the pipeline; a stage's keys after its table header.
+            let text = match head.strip_prefix("[pipelines.default.stages]]") {
+                Some(keys) => format!("[pipelines.default]\n[[pipelines.default.stages]]{keys}\n"),
+                None => format!("{head}\n[pipelines.default]\n"),
+            };
+            let e = plan(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("usize") && !e.contains("u64"), "{e}");
+        }
     }
 
     #[test]

@@ -64,12 +64,20 @@ pub struct RunPlan {
 /// Options that cannot make a run (exit 2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// `--batch-size 0`.
-    #[error("--batch-size must be at least 1")]
-    BatchSize,
-    /// `--workers 0`.
-    #[error("--workers must be at least 1")]
-    Workers,
+    /// `--batch-size` out of [`bounds::BATCH_SIZE`](super::bounds::BATCH_SIZE).
+    #[error(
+        "--batch-size must be a whole number from {lo} to {hi}, not {0}",
+        lo = super::bounds::BATCH_SIZE.0,
+        hi = super::bounds::BATCH_SIZE.1
+    )]
+    BatchSize(usize),
+    /// `--workers` out of [`bounds::WORKERS`](super::bounds::WORKERS).
+    #[error(
+        "--workers must be a whole number from {lo} to {hi}, not {0}",
+        lo = super::bounds::WORKERS.0,
+        hi = super::bounds::WORKERS.1
+    )]
+    Workers(usize),
     /// `-` named twice.
     #[error("stdin (`-`) can be read only once")]
     StdinTwice,
@@ -93,14 +101,14 @@ impl RunPlan {
     /// pipeline, then the first input's format.
     pub fn resolve(mut pipeline: PipelinePlan, opts: RunOptions) -> Result<RunPlan, PlanError> {
         if let Some(b) = opts.batch_size {
-            if b == 0 {
-                return Err(PlanError::BatchSize);
+            if !(super::bounds::BATCH_SIZE.0..=super::bounds::BATCH_SIZE.1).contains(&(b as u64)) {
+                return Err(PlanError::BatchSize(b));
             }
             pipeline.batch_size = b;
         }
         if let Some(w) = opts.workers {
-            if w == 0 {
-                return Err(PlanError::Workers);
+            if !(super::bounds::WORKERS.0..=super::bounds::WORKERS.1).contains(&(w as u64)) {
+                return Err(PlanError::Workers(w));
             }
             for s in &mut pipeline.stages {
                 s.workers = w;
@@ -244,7 +252,7 @@ mod tests {
         };
         assert_eq!(
             RunPlan::resolve(p.clone(), zero_w).unwrap_err(),
-            PlanError::Workers
+            PlanError::Workers(0)
         );
         let zero_b = RunOptions {
             batch_size: Some(0),
@@ -252,7 +260,7 @@ mod tests {
         };
         assert_eq!(
             RunPlan::resolve(p, zero_b).unwrap_err(),
-            PlanError::BatchSize
+            PlanError::BatchSize(0)
         );
     }
 

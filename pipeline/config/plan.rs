@@ -101,6 +101,8 @@ pub struct PipelinePlan {
     pub batch_size: usize,
     /// Channel capacity in batches.
     pub channel_capacity: usize,
+    /// Longest record the reader holds in memory (`settings.max_record_bytes`).
+    pub max_record_bytes: usize,
     /// Watch for changes.
     pub watch: bool,
     /// Quiet time before a reload.

@@ -59,6 +59,9 @@ pub fn diff(old: &PipelinePlan, new: &PipelinePlan) -> PlanDiff {
     if old.channel_capacity != new.channel_capacity {
         next_run_only.push("channel_capacity");
     }
+    if old.max_record_bytes != new.max_record_bytes {
+        next_run_only.push("max_record_bytes");
+    }
     if old.on_bad_input != new.on_bad_input {
         next_run_only.push("on_bad_input");
     }

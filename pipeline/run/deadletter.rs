@@ -6,19 +6,24 @@
 //!
 //! `stage` is `source` for records the reader could not read; their `record` is the
 //! raw line (JSON lines) or the array of fields (CSV). The file is created on the first
-//! rejected record, appended to if it exists, and flushed at the end of the run. Lines
-//! from stages with several workers may interleave out of input order; each line is
-//! written whole.
+//! rejected record and appended to if it exists. Lines from stages with several workers
+//! may interleave out of input order; each line is written whole.
+//!
+//! Each line is written through to the file (no buffer) before the record is counted as
+//! dead-lettered, so the count is what the file holds and a full disk fails the run at
+//! the record it hit (issue 12: a buffered file failed only at the final flush, which
+//! was logged, and the run exited 0 claiming records the file did not have). Rejects
+//! are rare, so one write per record costs nothing that matters.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Where dead letters go. Cheap to share (`Arc`); writes are serialised.
 pub struct DeadLetter {
     path: Option<PathBuf>,
-    file: Mutex<Option<BufWriter<File>>>,
+    file: Mutex<Option<File>>,
     inputs: Vec<String>,
     /// Inputs named while the run goes on (a stream's messages name theirs), after
     /// `inputs`. Leaked so that [`DeadLetter::input_name`] can lend them like the
@@ -111,12 +116,28 @@ impl DeadLetter {
                         format!("dead-letter file {}: {e}", path.display()),
                     )
                 })?;
-            *guard = Some(BufWriter::new(f));
+            *guard = Some(f);
         }
-        guard.as_mut().expect("opened above").write_all(&line)
+        let f = guard.as_mut().expect("opened above");
+        let before = f.metadata().map(|m| m.len());
+        f.write_all(&line)
+            .inspect_err(|_| {
+                // A line cut short by a full disk is taken back (best effort), so the
+                // file holds exactly the records counted.
+                if let Ok(len) = before {
+                    let _ = f.set_len(len);
+                }
+            })
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("dead-letter file {}: {e}", path.display()),
+                )
+            })
     }
 
-    /// Flushes what was written.
+    /// Flushes what was written (a no-op kept for the end of the run: lines are written
+    /// through).
     pub fn flush(&self) -> std::io::Result<()> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_mut() {

@@ -210,6 +210,7 @@ impl Running {
             inputs: plan.inputs.clone(),
             formats: plan.input_formats.clone(),
             batch_size: plan.pipeline.batch_size,
+            max_record_bytes: plan.pipeline.max_record_bytes,
             policy: plan.pipeline.on_bad_input,
             dead: ctx.dead.clone(),
             stats: ctx.stats.clone(),

@@ -27,6 +27,8 @@ pub struct Source {
     pub formats: Vec<Format>,
     /// Records per batch.
     pub batch_size: usize,
+    /// Longest record held in memory (`settings.max_record_bytes`).
+    pub max_record_bytes: usize,
     /// `on_bad_input`.
     pub policy: Policy,
     /// Dead letters.
@@ -60,6 +62,7 @@ impl Source {
                 }
             };
             let mut reader = codec::reader(format, input, i as u32);
+            reader.set_max_record_bytes(self.max_record_bytes);
             if name == "-" {
                 // A pipe or a terminal may go quiet: hand on what has arrived instead of
                 // waiting for a full batch.
@@ -99,7 +102,16 @@ impl Source {
                             b.reason.trim_start_matches("no usable header: ")
                         );
                     }
-                    self.bad_record(b.pos, &b.reason, || b.raw.to_string())?;
+                    if let Err(e) = self.bad_record(b.pos, &b.reason, || b.raw.to_string()) {
+                        // The good records parsed with it were read too (issue 12: 5 good
+                        // lines then a bad one under `fail` said `read 1`); they are in
+                        // flight when the run stops.
+                        self.stats
+                            .source
+                            .read
+                            .fetch_add(batch.len() as u64, Relaxed);
+                        return Err(e);
+                    }
                 }
                 // An input's first batch goes on even when empty, so that a header-only
                 // CSV still produces its header.

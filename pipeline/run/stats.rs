@@ -7,6 +7,13 @@
 //! the net number of rows a stage dropped on purpose: negative for a stage that emits
 //! more rows than it takes) and the source's unreadable records count as read and then
 //! dead-lettered or skipped.
+//!
+//! A run that stops early adds `in flight`: records read but not yet accounted for,
+//! among them the rows of the batch whose failure stopped it (`failed`, per stage:
+//! never counted as `filtered`, which is only what a stage dropped on purpose).
+//! `batches` counts the non-empty batches a stage received (the empty batches that carry
+//! columns through the chain, and a stage's empty end-of-stream output, are not work),
+//! and `busy` is time spent on those and on `finish`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -23,10 +30,12 @@ pub struct StageStats {
     pub dead_lettered: AtomicU64,
     /// Rows dropped under `on_error = "skip"`.
     pub skipped: AtomicU64,
-    /// Batches processed.
+    /// Non-empty batches received.
     pub batches: AtomicU64,
     /// Batches that failed as a whole (error or panic).
     pub batch_errors: AtomicU64,
+    /// Rows of a batch whose failure stopped the run (neither out nor dropped on purpose).
+    pub failed: AtomicU64,
     /// Panics caught.
     pub panics: AtomicU64,
     /// Nanoseconds spent inside the stage, summed over workers.
@@ -87,12 +96,18 @@ impl RunStats {
                 let rows_out = s.rows_out.load(Relaxed);
                 let dl = s.dead_lettered.load(Relaxed);
                 let sk = s.skipped.load(Relaxed);
+                let failed = s.failed.load(Relaxed);
                 StageSnapshot {
                     name: name.clone(),
                     workers: *workers,
                     rows_in,
                     rows_out,
-                    filtered: rows_in as i64 - rows_out as i64 - dl as i64 - sk as i64,
+                    filtered: rows_in as i64
+                        - rows_out as i64
+                        - dl as i64
+                        - sk as i64
+                        - failed as i64,
+                    failed,
                     dead_lettered: dl,
                     skipped: sk,
                     batches: s.batches.load(Relaxed),
@@ -134,10 +149,12 @@ pub struct StageSnapshot {
     pub dead_lettered: u64,
     /// Rows skipped.
     pub skipped: u64,
-    /// Batches processed.
+    /// Non-empty batches received.
     pub batches: u64,
     /// Batches that failed whole.
     pub batch_errors: u64,
+    /// Rows of the batch whose failure stopped the run (part of `in_flight`).
+    pub failed: u64,
     /// Panics caught.
     pub panics: u64,
     /// Time inside the stage, summed over workers.
@@ -211,7 +228,15 @@ impl Snapshot {
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let total_busy: f64 = self.stages.iter().map(|s| s.busy_ms).sum::<f64>().max(1e-9);
+        let total_busy: f64 = self.stages.iter().map(|s| s.busy_ms).sum::<f64>();
+        // A share of nothing is nothing (not 100% for a stage that processed nothing).
+        let share = |busy: f64| {
+            if total_busy > 0.0 {
+                100.0 * busy / total_busy
+            } else {
+                0.0
+            }
+        };
         let _ = writeln!(
             s,
             "{:<16} {:>7} {:>11} {:>11} {:>10} {:>9} {:>9} {:>6} {:>6}",
@@ -228,7 +253,7 @@ impl Snapshot {
                 st.filtered,
                 st.dead_lettered,
                 st.skipped,
-                100.0 * st.busy_ms / total_busy,
+                share(st.busy_ms),
                 st.swaps,
             );
         }
@@ -244,7 +269,16 @@ impl Snapshot {
             self.dead_lettered(),
             self.skipped(),
             if self.in_flight != 0 {
-                format!(" + in flight when the run stopped {}", self.in_flight)
+                let failed: u64 = self.stages.iter().map(|s| s.failed).sum();
+                format!(
+                    " + in flight when the run stopped {}{}",
+                    self.in_flight,
+                    if failed > 0 {
+                        format!(" ({failed} in the batch that failed)")
+                    } else {
+                        String::new()
+                    }
+                )
             } else {
                 String::new()
             },

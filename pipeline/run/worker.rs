@@ -120,9 +120,13 @@ impl StageRuntime {
                     slot.start(Pos::default());
                     let t = Instant::now();
                     let r = instance.finish(&mut out).into_result();
-                    self.stats
-                        .busy_ns
-                        .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                    // `finish` is work when there was input or it emits rows; otherwise a
+                    // stage that processed nothing would show as the busiest.
+                    if self.stats.rows_in.load(Relaxed) > 0 || !out.batch().is_empty() {
+                        self.stats
+                            .busy_ns
+                            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                    }
                     slot.stop();
                     match r {
                         Ok(()) => {
@@ -160,9 +164,36 @@ impl StageRuntime {
         out: &mut Output,
         slot: &WatchSlot,
     ) -> Result<(), RunError> {
+        let (dl, sk) = (
+            self.stats.dead_lettered.load(Relaxed),
+            self.stats.skipped.load(Relaxed),
+        );
+        let r = self.process_inner(instance, version, batch, out, slot);
+        if r.is_err() {
+            // The rows of the batch that stopped the run: not dropped on purpose, so not
+            // `filtered` (workers of one stage may interleave here; the run is ending).
+            let settled = (self.stats.dead_lettered.load(Relaxed) - dl)
+                + (self.stats.skipped.load(Relaxed) - sk);
+            self.stats
+                .failed
+                .fetch_add((batch.len() as u64).saturating_sub(settled), Relaxed);
+        }
+        r
+    }
+
+    fn process_inner(
+        &self,
+        instance: &mut StageBox,
+        version: &Version,
+        batch: &Batch,
+        out: &mut Output,
+        slot: &WatchSlot,
+    ) -> Result<(), RunError> {
         let spec = &version.spec;
         self.stats.rows_in.fetch_add(batch.len() as u64, Relaxed);
-        self.stats.batches.fetch_add(1, Relaxed);
+        if !batch.is_empty() {
+            self.stats.batches.fetch_add(1, Relaxed);
+        }
         out.clear();
         out.begin(batch);
         // Empty batches go through too: a header-only input still gets the stage's
@@ -174,9 +205,11 @@ impl StageRuntime {
         });
         let t = Instant::now();
         let r = instance.process(batch, out).into_result();
-        self.stats
-            .busy_ns
-            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        if !batch.is_empty() {
+            self.stats
+                .busy_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        }
         slot.stop();
         match r {
             Ok(()) => {

@@ -111,6 +111,14 @@ pub trait Reader: Send {
     /// full: records from a slow producer (`tail -f`) flow at once. Without one (files),
     /// batches are always full.
     fn set_ready_probe(&mut self, probe: ReadyProbe);
+
+    /// Sets the longest record held in memory (default [`DEFAULT_MAX_RECORD_BYTES`]). A
+    /// longer JSON line is read past, never held whole, and comes back as a bad record,
+    /// so memory stays within a small multiple of the limit. The CSV reader does not
+    /// apply it yet (its records stop at 4 GiB).
+    fn set_max_record_bytes(&mut self, max: usize) {
+        let _ = max;
+    }
 }
 
 /// See [`Reader::set_ready_probe`]: true when a read would not block.
@@ -693,7 +701,15 @@ pub struct JsonlReader<R> {
     pending: Option<Pos>,
     done: bool,
     ready: Option<ReadyProbe>,
+    /// The last line ended in `\r`: a `\n` right after it belongs to that line end.
+    skip_lf: bool,
+    /// Longest line kept in memory; a longer one is read past and reported bad.
+    max_record: usize,
 }
+
+/// The default of `settings.max_record_bytes`: the longest record a reader holds in
+/// memory (64 MiB). A longer one is a bad record, read past without being kept.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Above this many columns, keys are looked up through a hash map.
 const WIDE: usize = 32;
@@ -715,7 +731,61 @@ impl<R: BufRead> JsonlReader<R> {
             pending: None,
             done: false,
             ready: None,
+            skip_lf: false,
+            max_record: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+
+    /// Reads one line into `buf`, without its end: `\n`, `\r\n` or a lone `\r` (a JSON
+    /// text holds neither raw, so each can only end a line; issue 12: a file with CR line
+    /// ends was one bad record). Keeps at most `max_record` bytes: for a longer line it
+    /// reads on to the line's end without keeping them and returns the line's length as
+    /// `Err`. Returns the bytes consumed (0 at the end of the input).
+    fn read_line(&mut self) -> io::Result<(usize, Result<(), usize>)> {
+        let mut consumed = 0;
+        let mut len = 0usize;
+        loop {
+            let chunk = match self.inner.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            if std::mem::take(&mut self.skip_lf) && chunk[0] == b'\n' {
+                self.inner.consume(1);
+                consumed += 1;
+                continue;
+            }
+            match memchr::memchr2(b'\n', b'\r', chunk) {
+                Some(i) => {
+                    let keep = i.min(self.max_record.saturating_sub(len));
+                    self.buf.extend_from_slice(&chunk[..keep]);
+                    len += i;
+                    self.skip_lf = chunk[i] == b'\r';
+                    self.inner.consume(i + 1);
+                    consumed += i + 1;
+                    break;
+                }
+                None => {
+                    let n = chunk.len();
+                    let keep = n.min(self.max_record.saturating_sub(len));
+                    self.buf.extend_from_slice(&chunk[..keep]);
+                    len += n;
+                    self.inner.consume(n);
+                    consumed += n;
+                }
+            }
+        }
+        Ok((
+            consumed,
+            if len > self.max_record {
+                Err(len)
+            } else {
+                Ok(())
+            },
+        ))
     }
 
     /// The column of `key` in `batch`, or of a name new in this line.
@@ -934,6 +1004,10 @@ impl<R: BufRead + Buffered + Send> Reader for JsonlReader<R> {
         self.ready = Some(probe);
     }
 
+    fn set_max_record_bytes(&mut self, max: usize) {
+        self.max_record = max;
+    }
+
     fn read_batch(
         &mut self,
         batch: &mut Batch,
@@ -965,15 +1039,31 @@ impl<R: BufRead + Buffered + Send> Reader for JsonlReader<R> {
                 Some(pos) => pos,
                 None => {
                     self.buf.clear();
-                    let n = self.inner.read_until(b'\n', &mut self.buf)?;
+                    let (n, fits) = self.read_line()?;
                     if n == 0 {
                         self.done = true;
                         break;
                     }
                     self.bytes += n as u64;
                     self.line_no += 1;
-                    while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
-                        self.buf.pop();
+                    if let Err(len) = fits {
+                        self.buf.clear();
+                        got_any = true;
+                        taken += 1;
+                        bad.push(BadRecord {
+                            pos: Pos {
+                                input: self.input,
+                                line: self.line_no,
+                            },
+                            reason: format!(
+                                "the record is longer than max_record_bytes ({len} bytes; \
+                                 the limit is {})",
+                                self.max_record
+                            ),
+                            kind: BadKind::Record,
+                            raw: serde_json::Value::Null,
+                        });
+                        continue;
                     }
                     if self.line_no == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
                         self.buf.drain(..3);

@@ -191,9 +191,10 @@ fn csv_lines_after_blank_lines_and_crlf() {
 
 #[test]
 fn jsonl_lines_count_every_line_break() {
+    // A lone `\r` ends a line too (issue 12), as in CSV: `\r\r\n` is two line ends.
     let all = jsonl("{\"a\":1}\r\n\r\n{\"a\":2}\n\n  \n{\"a\":3}\r\r\n{\"a\":");
     assert_eq!(all.row_lines(), [1, 3, 6]);
-    assert_eq!(all.bad_lines(), [7]);
+    assert_eq!(all.bad_lines(), [8]);
 }
 
 /// Regression: a header with invalid UTF-8 ended the input silently; the records after it

@@ -43,7 +43,27 @@ const JSON_BYTES: &[u8] = b"{}[]\"\":,,01e.-+ \t\r\n\n\\untrufalsea\xC3\xA9\xFF\
 /// The 1-based numbers of the lines a JSON-lines reader must account for: all but blank
 /// ones (whitespace, or a byte-order mark alone on line 1).
 fn non_blank_lines(text: &[u8]) -> Vec<u64> {
-    let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    // Lines end at `\n`, `\r\n` or a lone `\r` (issue 12).
+    let mut lines: Vec<&[u8]> = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < text.len() {
+        match text[i] {
+            b'\n' => {
+                lines.push(&text[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                lines.push(&text[start..i]);
+                if text.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    lines.push(&text[start..]);
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }

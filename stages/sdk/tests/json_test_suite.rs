@@ -48,13 +48,14 @@ impl Case {
         self.name.as_bytes()[0] as char
     }
 
-    /// The document as one line: `\n` (whitespace or, inside a string, an invalid control
-    /// character) becomes `\r`, which is the same in both places.
+    /// The document as one line: `\n` and `\r` (whitespace or, inside a string, invalid
+    /// control characters; both end a JSON line, issue 12) become `\t`, which is the same
+    /// in both places.
     fn one_line(&self) -> Vec<u8> {
         let mut v: Vec<u8> = self
             .bytes
             .iter()
-            .map(|&b| if b == b'\n' { b'\r' } else { b })
+            .map(|&b| if matches!(b, b'\n' | b'\r') { b'\t' } else { b })
             .collect();
         v.push(b'\n');
         v
