@@ -1,0 +1,90 @@
+//! Live operations: while `pipe run --listen ADDR` runs, a small HTTP server answers
+//! `GET /metrics` (the Prometheus text format), `GET /health` (200, or 503 with the
+//! reasons) and `GET /stages` (the chain as JSON).
+//!
+//! # Layout
+//! - `http`: a minimal HTTP/1.1 responder on a std `TcpListener` (one thread, one
+//!   request per connection). Hand-rolled rather than a server crate: it serves three
+//!   read-only GETs to a scraper, and adds no dependency to the build.
+//! - `metrics`: renders the run's counters in the Prometheus text format.
+//! - `health`: the health verdict and the `/stages` document.
+//!
+//! Everything here only reads the run's [`Probe`]: atomics and a few short locks the
+//! run takes once per stage or per swap, never per record, so a scraper polling every
+//! 100 ms does not slow the stream (benches/ops.sh measures it).
+
+mod health;
+mod http;
+mod metrics;
+
+use std::net::{SocketAddr, TcpListener};
+
+pub use health::{health, stages_json, Health};
+pub use http::Server;
+pub use metrics::render;
+
+use crate::run::Probe;
+
+/// The operations server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source} (pick another address, or port 0 for any free one)"
+    )]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server thread could not be started.
+    #[error("cannot start the operations server: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Binds `addr` before the run starts, so that a taken port fails the run before any
+/// record is read.
+pub fn bind(addr: &str) -> Result<TcpListener, OpsError> {
+    TcpListener::bind(addr).map_err(|source| OpsError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Serves the endpoints for `probe` on `listener` until the returned [`Server`] is
+/// dropped.
+pub fn serve(listener: TcpListener, probe: Probe) -> Result<Server, OpsError> {
+    Server::start(listener, move |path| route(&probe, path)).map_err(OpsError::Thread)
+}
+
+/// The address actually bound (port 0 resolved), for the log line tests read.
+pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}
+
+/// One response: status, content type, body.
+pub type Response = (u16, &'static str, String);
+
+fn route(probe: &Probe, path: &str) -> Response {
+    // A scraper may add a query string (`/metrics?x=y`); the endpoints take none.
+    let path = path.split('?').next().unwrap_or(path);
+    match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(probe),
+        ),
+        "/health" => {
+            let h = health(probe);
+            let status = if h.ok { 200 } else { 503 };
+            (status, "application/json", h.to_json())
+        }
+        "/stages" => (200, "application/json", stages_json(probe)),
+        _ => (
+            404,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics, /health or /stages\n".into(),
+        ),
+    }
+}
