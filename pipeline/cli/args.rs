@@ -191,6 +191,11 @@ pub struct RunArgs {
     /// Dead-letter file (overrides the pipeline's).
     #[arg(long, value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /health and /stages over HTTP on ADDR (e.g.
+    /// 127.0.0.1:9464; port 0 picks a free one) while running (overrides
+    /// `settings.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 /// `--stats` output.

@@ -32,10 +32,34 @@ pub fn run(args: RunArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return fail(Exit::Usage, &e),
     };
+    // The operations endpoints' address is bound before the run starts, so a taken port
+    // fails before any record is read.
+    let listener = match args.listen.as_deref().or(plan.pipeline.listen.as_deref()) {
+        Some(addr) => match crate::ops::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(Exit::Usage, &e),
+        },
+        None => None,
+    };
     // Run, with hot reload when asked for.
     let mut running = match Running::start(plan) {
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, &e),
+    };
+    let _ops = match listener {
+        Some(l) => {
+            let addr = crate::ops::local_addr(&l);
+            match crate::ops::serve(l, running.probe()) {
+                Ok(server) => {
+                    if let Some(a) = addr {
+                        tracing::info!("serving /metrics, /health and /stages on http://{a}");
+                    }
+                    Some(server)
+                }
+                Err(e) => return fail(Exit::Failed, &e),
+            }
+        }
+        None => None,
     };
     let control = if running.watching() {
         running.control()

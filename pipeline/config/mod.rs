@@ -46,6 +46,9 @@ pub struct SettingsConfig {
     pub watch: Option<bool>,
     /// How long a changed file must stay quiet before it is reloaded, in ms (default 300).
     pub debounce_ms: Option<u64>,
+    /// Serve `/metrics`, `/health` and `/stages` on this address while running (like
+    /// `pipe run --listen`, which wins).
+    pub listen: Option<String>,
 }
 
 /// `[pipelines.NAME]`.
@@ -317,6 +320,7 @@ impl PipelinesConfig {
             batch_size,
             channel_capacity,
             watch: s.watch.unwrap_or(true),
+            listen: s.listen.clone(),
             debounce: Duration::from_millis(s.debounce_ms.unwrap_or(300)),
             stages,
         })
