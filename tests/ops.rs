@@ -172,3 +172,131 @@ fn a_taken_listen_address_fails_before_reading() {
         "nothing is written when the run cannot start"
     );
 }
+
+/// `pipe ctl ARGS...` against the run at `addr`: (exit code, stdout, stderr).
+fn ctl(sb: &Sandbox, addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = sb
+        .command(&[&["ctl", "--addr", addr], args].concat())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until the stage `tagger` has taken `n` records in, and returns the scrape.
+fn wait_in(addr: &str, n: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&format!("http://{addr}/metrics"));
+        if sample(&body, "pipe_stage_records_in_total", "stage=\"tagger\"") == Some(n as f64) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stage never saw {n} records:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctl_swaps_a_stage_to_a_file_and_rolls_it_back_at_markers() {
+    let p = common::plugins();
+    let sb = Sandbox::with_config(
+        "[pipelines.default]\n\n[[pipelines.default.stages]]\nplugin = \"tagger\"\npath = \"plugins\"\n",
+    );
+    std::fs::create_dir_all(sb.path("plugins")).unwrap();
+    std::fs::copy(&p.tagger_v1, sb.path("plugins/libtagger.so")).unwrap();
+    let mut live = Live::start(&sb, &["run", "--listen", "127.0.0.1:0"]);
+    let addr = listening(&mut live);
+    let v2 = p.tagger_v2.display().to_string();
+
+    // Nothing to roll back to yet: refused, exit 1, and the run goes on.
+    let (code, _, err) = ctl(&sb, &addr, &["rollback", "tagger"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing to roll back to"), "{err}");
+    // A file that is not a plugin: refused, counted, v1 keeps running.
+    let junk = sb.write("junk.so", "not a library");
+    let (code, _, err) = ctl(&sb, &addr, &["swap", "tagger", junk.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+
+    live.write("id,x\n");
+    live.write(&(0..300).map(|i| format!("{i},x\n")).collect::<String>());
+    wait_in(&addr, 300);
+    let (code, out, err) = ctl(&sb, &addr, &["swap", "tagger", &v2]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("swapped stage `tagger`"), "{out}");
+    let (code, status, _) = ctl(&sb, &addr, &["status"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["health"]["status"], "ok");
+    assert_eq!(status["stages"][0]["swaps"], 1);
+
+    live.write(&(300..600).map(|i| format!("{i},x\n")).collect::<String>());
+    wait_in(&addr, 600);
+    let (code, out, err) = ctl(&sb, &addr, &["rollback", "tagger"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("rolled back: swapped stage `tagger`"),
+        "{out}"
+    );
+
+    live.write(&(600..900).map(|i| format!("{i},x\n")).collect::<String>());
+    let metrics = wait_in(&addr, 900);
+    let tagger = "stage=\"tagger\"";
+    assert_eq!(
+        sample(&metrics, "pipe_stage_swaps_total", tagger),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&metrics, "pipe_stage_swaps_refused_total", tagger),
+        Some(1.0)
+    );
+    let orders = |labels: &str| sample(&metrics, "pipe_ctl_orders_total", labels);
+    assert_eq!(orders("command=\"swap\",result=\"done\""), Some(1.0));
+    assert_eq!(orders("command=\"swap\",result=\"refused\""), Some(1.0));
+    assert_eq!(orders("command=\"rollback\",result=\"done\""), Some(1.0));
+    assert_eq!(orders("command=\"rollback\",result=\"refused\""), Some(1.0));
+
+    let (code, out, stderr) = live.finish();
+    assert_eq!(code, 0, "{stderr}");
+    // Every record once, in order, and each on the version that ran when it arrived.
+    let mut rdr = csv::Reader::from_reader(out.as_bytes());
+    let tag = rdr
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "tag")
+        .unwrap();
+    let rows: Vec<(u64, String)> = rdr
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].parse().unwrap(), r[tag].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 900);
+    for (i, (id, t)) in rows.iter().enumerate() {
+        assert_eq!(*id, i as u64, "lost, duplicated or reordered");
+        let want = if (300..600).contains(&i) { "v2" } else { "v1" };
+        assert_eq!(t, want, "record {i}");
+    }
+}
+
+#[test]
+fn ctl_without_hot_reload_refuses_and_without_a_run_fails_to_connect() {
+    let sb = Sandbox::with_config(CONFIG);
+    let mut live = Live::start(&sb, &["run", "--no-watch", "--listen", "127.0.0.1:0"]);
+    let addr = listening(&mut live);
+    let (code, _, err) = ctl(&sb, &addr, &["swap", "big"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("hot reload is off"), "{err}");
+    let (code, _, _) = live.finish();
+    assert_eq!(code, 0);
+    let (code, _, err) = ctl(&sb, &addr, &["status"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot reach a running pipe"), "{err}");
+}

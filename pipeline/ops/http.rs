@@ -25,10 +25,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the accept thread; `handle` maps a request path to a response.
+    /// Starts the accept thread; `handle` maps a request (method, path) to a response.
     pub fn start<F>(listener: TcpListener, handle: F) -> std::io::Result<Server>
     where
-        F: Fn(&str) -> Response + Send + 'static,
+        F: Fn(&str, &str) -> Response + Send + 'static,
     {
         let addr = listener.local_addr().ok();
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,7 +67,7 @@ impl Drop for Server {
     }
 }
 
-fn answer<F: Fn(&str) -> Response>(stream: TcpStream, handle: &F) -> std::io::Result<()> {
+fn answer<F: Fn(&str, &str) -> Response>(stream: TcpStream, handle: &F) -> std::io::Result<()> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -87,13 +87,14 @@ fn answer<F: Fn(&str) -> Response>(stream: TcpStream, handle: &F) -> std::io::Re
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, ctype, body) = match method {
         _ if head > MAX_HEAD => (431, "text/plain", "request head too large\n".into()),
-        "GET" | "HEAD" => handle(path),
-        _ => (405, "text/plain", "only GET is served\n".into()),
+        "GET" | "HEAD" | "POST" => handle(method, path),
+        _ => (405, "text/plain", "only GET and POST are served\n".into()),
     };
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",

@@ -149,7 +149,13 @@ pub fn render(probe: &Probe) -> String {
 }
 
 /// One metric family: HELP, TYPE and a sample per label set (`""`: no labels).
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+pub(super) fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(&str, f64)],
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, v) in samples {

@@ -8,21 +8,29 @@
 //!   read-only GETs to a scraper, and adds no dependency to the build.
 //! - `metrics`: renders the run's counters in the Prometheus text format.
 //! - `health`: the health verdict and the `/stages` document.
+//! - `ctl`: `pipe ctl` (status, swap, rollback): the client, and the endpoints that hand
+//!   orders to the reload coordinator.
 //!
 //! Everything here only reads the run's [`Probe`]: atomics and a few short locks the
 //! run takes once per stage or per swap, never per record, so a scraper polling every
 //! 100 ms does not slow the stream (benches/ops.sh measures it).
 
+mod ctl;
 mod health;
 mod http;
 mod metrics;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
+use crossbeam_channel::Sender;
+
+pub use ctl::{send, ClientError, CtlCounters, Order};
 pub use health::{health, stages_json, Health};
 pub use http::Server;
 pub use metrics::render;
 
+use crate::reload::CtlRequest;
 use crate::run::Probe;
 
 /// The operations server could not start.
@@ -53,9 +61,17 @@ pub fn bind(addr: &str) -> Result<TcpListener, OpsError> {
 }
 
 /// Serves the endpoints for `probe` on `listener` until the returned [`Server`] is
-/// dropped.
-pub fn serve(listener: TcpListener, probe: Probe) -> Result<Server, OpsError> {
-    Server::start(listener, move |path| route(&probe, path)).map_err(OpsError::Thread)
+/// dropped; `ctl` (present when hot reload is on) takes `pipe ctl` orders.
+pub fn serve(
+    listener: TcpListener,
+    probe: Probe,
+    ctl: Option<Sender<CtlRequest>>,
+) -> Result<Server, OpsError> {
+    let counters = Arc::new(CtlCounters::default());
+    Server::start(listener, move |method, path| {
+        route(&probe, ctl.as_ref(), &counters, method, path)
+    })
+    .map_err(OpsError::Thread)
 }
 
 /// The address actually bound (port 0 resolved), for the log line tests read.
@@ -66,15 +82,42 @@ pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
 /// One response: status, content type, body.
 pub type Response = (u16, &'static str, String);
 
-fn route(probe: &Probe, path: &str) -> Response {
-    // A scraper may add a query string (`/metrics?x=y`); the endpoints take none.
-    let path = path.split('?').next().unwrap_or(path);
+fn route(
+    probe: &Probe,
+    ctl: Option<&Sender<CtlRequest>>,
+    counters: &CtlCounters,
+    method: &str,
+    target: &str,
+) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Some(action) = path.strip_prefix("/ctl/").filter(|a| *a != "status") {
+        return ctl::order(ctl, counters, method, action, query);
+    }
     match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(probe),
-        ),
+        "/metrics" => {
+            let mut text = render(probe);
+            metrics::family(
+                &mut text,
+                "pipe_ctl_orders_total",
+                "counter",
+                "Orders from pipe ctl, by command and result.",
+                &counters
+                    .samples()
+                    .iter()
+                    .map(|(l, v)| (l.as_str(), *v))
+                    .collect::<Vec<_>>(),
+            );
+            (200, "text/plain; version=0.0.4; charset=utf-8", text)
+        }
+        "/ctl/status" => {
+            let h = health(probe);
+            let body = format!(
+                "{{\"health\":{},\"stages\":{}}}\n",
+                h.to_json().trim_end(),
+                stages_json(probe).trim_end()
+            );
+            (200, "application/json", body)
+        }
         "/health" => {
             let h = health(probe);
             let status = if h.ok { 200 } else { 503 };
@@ -84,7 +127,7 @@ fn route(probe: &Probe, path: &str) -> Response {
         _ => (
             404,
             "text/plain; charset=utf-8",
-            "not found: try /metrics, /health or /stages\n".into(),
+            "not found: try /metrics, /health, /stages or /ctl/status\n".into(),
         ),
     }
 }
