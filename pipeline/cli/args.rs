@@ -66,6 +66,11 @@ pub enum CommandLine {
     Completions(CompletionsArgs),
     /// Print the man page (roff): `pipe man > pipe.1 && man ./pipe.1`.
     Man,
+    /// Steer a running `pipe run --listen ADDR`: status, swap a stage, roll it back.
+    #[command(after_help = "Examples:\n  pipe ctl --addr 127.0.0.1:9464 status\n  \
+        pipe ctl --addr 127.0.0.1:9464 swap clean target/release/libfilter.so\n  \
+        pipe ctl --addr 127.0.0.1:9464 rollback clean")]
+    Ctl(CtlArgs),
     /// Scaffold a new stage in stages/NAME, registered in the workspace.
     #[command(after_help = "Then: cargo build --release && pipe stages")]
     New(NewArgs),
@@ -196,6 +201,37 @@ pub struct RunArgs {
     /// `settings.listen`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+/// `pipe ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The running pipe's --listen address.
+    #[arg(long, value_name = "ADDR", env = "PIPE_CTL_ADDR")]
+    pub addr: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub order: CtlOrder,
+}
+
+/// `pipe ctl` orders.
+#[derive(Debug, Subcommand)]
+pub enum CtlOrder {
+    /// The chain (stage, plugin, version, path, workers, swaps) and health, as JSON.
+    Status,
+    /// Swap STAGE to FILE, or reload it from its own file: drained at a marker, state
+    /// handed over, reported.
+    Swap {
+        /// The stage's name.
+        stage: String,
+        /// The new plugin library.
+        file: Option<PathBuf>,
+    },
+    /// Swap STAGE back to the version its last swap replaced (kept loaded for an hour).
+    Rollback {
+        /// The stage's name.
+        stage: String,
+    },
 }
 
 /// `--stats` output.

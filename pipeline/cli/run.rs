@@ -46,10 +46,28 @@ pub fn run(args: RunArgs) -> Exit {
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, &e),
     };
+    let control = if running.watching() {
+        running.control()
+    } else {
+        None
+    };
+    // `pipe ctl` orders reach the reload coordinator through this channel.
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let _watch = match control {
+        Some(control) => match crate::reload::start_with_ctl(control, ctl_rx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::info!("hot reload is off: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let _ops = match listener {
         Some(l) => {
             let addr = crate::ops::local_addr(&l);
-            match crate::ops::serve(l, running.probe()) {
+            let ctl = _watch.is_some().then_some(ctl_tx);
+            match crate::ops::serve(l, running.probe(), ctl) {
                 Ok(server) => {
                     if let Some(a) = addr {
                         tracing::info!("serving /metrics, /health and /stages on http://{a}");
@@ -59,21 +77,6 @@ pub fn run(args: RunArgs) -> Exit {
                 Err(e) => return fail(Exit::Failed, &e),
             }
         }
-        None => None,
-    };
-    let control = if running.watching() {
-        running.control()
-    } else {
-        None
-    };
-    let _watch = match control {
-        Some(control) => match crate::reload::start(control) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::info!("hot reload is off: {e}");
-                None
-            }
-        },
         None => None,
     };
     running.log_started(_watch.is_some());

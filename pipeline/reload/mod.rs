@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::unbounded;
 
+pub use self::coordinator::{CtlCommand, CtlRequest, ROLLBACK_WINDOW};
+
 use self::coordinator::{Coordinator, Live};
 use crate::run::Control;
 
@@ -51,6 +53,14 @@ fn normalise(p: &Path) -> PathBuf {
 /// Starts watching the run's config and its stages' files, steering the run through
 /// `control`.
 pub fn start(control: Control) -> Result<WatchHandle, String> {
+    start_with_ctl(control, crossbeam_channel::never())
+}
+
+/// [`start`], also taking `pipe ctl` orders (swap, rollback) from `ctl`.
+pub fn start_with_ctl(
+    control: Control,
+    ctl: crossbeam_channel::Receiver<CtlRequest>,
+) -> Result<WatchHandle, String> {
     let (tx, rx) = unbounded::<PathBuf>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
@@ -78,6 +88,7 @@ pub fn start(control: Control) -> Result<WatchHandle, String> {
         .zip(loaded)
         .map(|(spec, (plugin, workers))| Live {
             workers,
+            previous: None,
             spec: spec.clone(),
             path: normalise(&plugin.path),
             plugin,
@@ -106,7 +117,7 @@ pub fn start(control: Control) -> Result<WatchHandle, String> {
     );
     std::thread::Builder::new()
         .name("reload".into())
-        .spawn(move || coordinator.run(rx))
+        .spawn(move || coordinator.run(rx, ctl))
         .map_err(|e| format!("cannot start the reload thread: {e}"))?;
     Ok(WatchHandle { _watcher: watcher })
 }
