@@ -223,17 +223,32 @@ fn ctl_swaps_a_stage_to_a_file_and_rolls_it_back_at_markers() {
     let (code, _, err) = ctl(&sb, &addr, &["swap", "tagger", junk.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
 
+    let status = |sb: &Sandbox| -> serde_json::Value {
+        let (code, out, err) = ctl(sb, &addr, &["status"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let before = status(&sb);
+    assert_eq!(
+        before["stages"][0]["last_swap_unix_s"],
+        serde_json::Value::Null
+    );
+
     live.write("id,x\n");
     live.write(&(0..300).map(|i| format!("{i},x\n")).collect::<String>());
     wait_in(&addr, 300);
     let (code, out, err) = ctl(&sb, &addr, &["swap", "tagger", &v2]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("swapped stage `tagger`"), "{out}");
-    let (code, status, _) = ctl(&sb, &addr, &["status"]);
-    assert_eq!(code, 0);
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["health"]["status"], "ok");
-    assert_eq!(status["stages"][0]["swaps"], 1);
+    let after = status(&sb);
+    assert_eq!(after["health"]["status"], "ok");
+    assert_eq!(after["stages"][0]["swaps"], 1);
+    assert_ne!(
+        after["stages"][0]["version"],
+        before["stages"][0]["version"]
+    );
+    assert_eq!(after["stages"][0]["path"], v2.as_str());
+    assert!(after["stages"][0]["last_swap_unix_s"].as_f64().unwrap() > 0.0);
 
     live.write(&(300..600).map(|i| format!("{i},x\n")).collect::<String>());
     wait_in(&addr, 600);
@@ -243,6 +258,9 @@ fn ctl_swaps_a_stage_to_a_file_and_rolls_it_back_at_markers() {
         out.starts_with("rolled back: swapped stage `tagger`"),
         "{out}"
     );
+    let back = status(&sb);
+    assert_eq!(back["stages"][0]["version"], before["stages"][0]["version"]);
+    assert_eq!(back["stages"][0]["swaps"], 2);
 
     live.write(&(600..900).map(|i| format!("{i},x\n")).collect::<String>());
     let metrics = wait_in(&addr, 900);

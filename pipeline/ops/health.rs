@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::run::Probe;
+use super::View;
 
 /// The verdict of `/health`.
 #[derive(Debug, serde::Serialize)]
@@ -34,16 +34,17 @@ impl Health {
 }
 
 /// Judges the run now.
-pub fn health(probe: &Probe) -> Health {
+pub fn health(view: &View) -> Health {
+    let probe = &view.probe;
     let mut reasons = Vec::new();
     for (stage, busy, limit) in probe.overdue() {
         reasons.push(format!(
             "stage `{stage}` is stuck: busy {busy:.1} s on one batch, past its timeout of {limit:.1} s"
         ));
     }
-    for (spec, (plugin, _)) in probe.plan.stages.iter().zip(&probe.loaded) {
-        if let Some(why) = plugin.gave_up() {
-            reasons.push(format!("process stage `{}` gave up: {why}", spec.name));
+    for s in view.stages() {
+        if let Some(why) = s.plugin.gave_up() {
+            reasons.push(format!("process stage `{}` gave up: {why}", s.name));
         }
     }
     Health {
@@ -54,29 +55,45 @@ pub fn health(probe: &Probe) -> Health {
     }
 }
 
-/// The chain as loaded, as JSON: one object per stage.
-pub fn stages_json(probe: &Probe) -> String {
-    let counters = probe.stats.stages.lock().unwrap_or_else(|e| e.into_inner());
-    let stages: Vec<_> = probe
-        .plan
+/// The chain running now, as JSON: one object per stage.
+pub fn stages_json(view: &View) -> String {
+    let counters = view
+        .probe
+        .stats
         .stages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .zip(&probe.loaded)
-        .map(|(spec, (plugin, workers))| {
-            let swaps = counters
-                .iter()
-                .find(|(n, _, _)| *n == spec.name)
-                .map(|(_, s, _)| (s.swaps.load(Relaxed), s.swaps_refused.load(Relaxed)));
+        .map(|(n, s, _)| {
+            (
+                n.clone(),
+                s.swaps.load(Relaxed),
+                s.swaps_refused.load(Relaxed),
+            )
+        })
+        .collect::<Vec<_>>();
+    let stages: Vec<_> = view
+        .stages()
+        .into_iter()
+        .map(|s| {
+            let swaps = counters.iter().find(|(n, _, _)| *n == s.name);
+            let last_swap = s.last_swap.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64())
+            });
+            let plugin = &s.plugin;
             serde_json::json!({
-                "stage": spec.name,
+                "stage": s.name,
                 "plugin": plugin.manifest.name,
                 "version": plugin.manifest.version,
                 "path": plugin.path.display().to_string(),
                 "sha256": plugin.sha256,
-                "workers": workers,
+                "workers": s.workers,
                 "stateful": plugin.manifest.stateful,
-                "swaps": swaps.map(|s| s.0),
-                "swaps_refused": swaps.map(|s| s.1),
+                "swaps": swaps.map(|c| c.1),
+                "swaps_refused": swaps.map(|c| c.2),
+                "last_swap_unix_s": last_swap,
             })
         })
         .collect();

@@ -7,15 +7,18 @@
 //!
 //! The plugin version is not a label of every counter: the counters of a stage survive
 //! swaps (they are the stage's, not the version's), so `pipe_stage_info` carries the
-//! plugin and version as loaded, the usual Prometheus way of joining them in a query.
+//! plugin and version running now, the usual Prometheus way of joining them in a query
+//! (`rate(...) * on(stage) group_left(version) pipe_stage_info`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::run::Probe;
+use super::View;
 
 /// The whole `/metrics` page.
-pub fn render(probe: &Probe) -> String {
+pub fn render(view: &View) -> String {
+    let probe = &view.probe;
+    let live = view.stages();
     let mut out = String::with_capacity(4096);
     let stats = &probe.stats;
     let stages: Vec<_> = stats
@@ -71,18 +74,15 @@ pub fn render(probe: &Probe) -> String {
     );
 
     // The stage's plugin and version as loaded at start (see the module doc).
-    let info: Vec<(String, f64)> = probe
-        .plan
-        .stages
+    let info: Vec<(String, f64)> = live
         .iter()
-        .zip(&probe.loaded)
-        .map(|(spec, (plugin, _))| {
+        .map(|s| {
             (
                 format!(
                     "stage=\"{}\",plugin=\"{}\",version=\"{}\"",
-                    escape(&spec.name),
-                    escape(&plugin.manifest.name),
-                    escape(&plugin.manifest.version)
+                    escape(&s.name),
+                    escape(&s.plugin.manifest.name),
+                    escape(&s.plugin.manifest.version)
                 ),
                 1.0,
             )
@@ -93,7 +93,7 @@ pub fn render(probe: &Probe) -> String {
         &mut out,
         "pipe_stage_info",
         "gauge",
-        "A stage's plugin and version as loaded when the run started.",
+        "A stage's plugin and version running now.",
         &info,
     );
 
@@ -125,15 +125,12 @@ pub fn render(probe: &Probe) -> String {
         let v: Vec<(&str, f64)> = v.iter().map(|(l, x)| (l.as_str(), *x)).collect();
         family(&mut out, name, kind, help, &v);
     }
-    let gave_up: Vec<(String, f64)> = probe
-        .plan
-        .stages
+    let gave_up: Vec<(String, f64)> = live
         .iter()
-        .zip(&probe.loaded)
-        .map(|(spec, (p, _))| {
+        .map(|s| {
             (
-                format!("stage=\"{}\"", escape(&spec.name)),
-                p.gave_up().is_some() as u8 as f64,
+                format!("stage=\"{}\"", escape(&s.name)),
+                s.plugin.gave_up().is_some() as u8 as f64,
             )
         })
         .collect();

@@ -30,7 +30,7 @@ pub use health::{health, stages_json, Health};
 pub use http::Server;
 pub use metrics::render;
 
-use crate::reload::CtlRequest;
+use crate::reload::{CtlRequest, LiveChain, LiveStage};
 use crate::run::Probe;
 
 /// The operations server could not start.
@@ -60,16 +60,63 @@ pub fn bind(addr: &str) -> Result<TcpListener, OpsError> {
     })
 }
 
+/// How `ops` steers a run with hot reload on: orders to the coordinator, and the chain
+/// it publishes after each swap.
+pub struct Steering {
+    /// `pipe ctl` orders.
+    pub ctl: Sender<CtlRequest>,
+    /// The chain as the coordinator last left it.
+    pub chain: LiveChain,
+}
+
+/// What the endpoints read: the run, and the coordinator's chain when there is one.
+pub struct View {
+    probe: Probe,
+    chain: Option<LiveChain>,
+}
+
+impl View {
+    /// The stages running now, in order: the coordinator's view when hot reload is on
+    /// (it follows swaps and rebuilds), else the chain as loaded.
+    pub fn stages(&self) -> Vec<LiveStage> {
+        let published = self
+            .chain
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        if !published.is_empty() {
+            return published;
+        }
+        self.probe
+            .plan
+            .stages
+            .iter()
+            .zip(&self.probe.loaded)
+            .map(|(spec, (plugin, workers))| LiveStage {
+                name: spec.name.clone(),
+                plugin: plugin.clone(),
+                workers: *workers,
+                last_swap: None,
+            })
+            .collect()
+    }
+}
+
 /// Serves the endpoints for `probe` on `listener` until the returned [`Server`] is
-/// dropped; `ctl` (present when hot reload is on) takes `pipe ctl` orders.
+/// dropped; `steering` (present when hot reload is on) takes `pipe ctl` orders.
 pub fn serve(
     listener: TcpListener,
     probe: Probe,
-    ctl: Option<Sender<CtlRequest>>,
+    steering: Option<Steering>,
 ) -> Result<Server, OpsError> {
     let counters = Arc::new(CtlCounters::default());
+    let (ctl, chain) = match steering {
+        Some(s) => (Some(s.ctl), Some(s.chain)),
+        None => (None, None),
+    };
+    let view = View { probe, chain };
     Server::start(listener, move |method, path| {
-        route(&probe, ctl.as_ref(), &counters, method, path)
+        route(&view, ctl.as_ref(), &counters, method, path)
     })
     .map_err(OpsError::Thread)
 }
@@ -83,7 +130,7 @@ pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
 pub type Response = (u16, &'static str, String);
 
 fn route(
-    probe: &Probe,
+    view: &View,
     ctl: Option<&Sender<CtlRequest>>,
     counters: &CtlCounters,
     method: &str,
@@ -95,7 +142,7 @@ fn route(
     }
     match path {
         "/metrics" => {
-            let mut text = render(probe);
+            let mut text = render(view);
             metrics::family(
                 &mut text,
                 "pipe_ctl_orders_total",
@@ -110,20 +157,20 @@ fn route(
             (200, "text/plain; version=0.0.4; charset=utf-8", text)
         }
         "/ctl/status" => {
-            let h = health(probe);
+            let h = health(view);
             let body = format!(
                 "{{\"health\":{},\"stages\":{}}}\n",
                 h.to_json().trim_end(),
-                stages_json(probe).trim_end()
+                stages_json(view).trim_end()
             );
             (200, "application/json", body)
         }
         "/health" => {
-            let h = health(probe);
+            let h = health(view);
             let status = if h.ok { 200 } else { 503 };
             (status, "application/json", h.to_json())
         }
-        "/stages" => (200, "application/json", stages_json(probe)),
+        "/stages" => (200, "application/json", stages_json(view)),
         _ => (
             404,
             "text/plain; charset=utf-8",
