@@ -53,8 +53,9 @@ pub fn run(args: RunArgs) -> Exit {
     };
     // `pipe ctl` orders reach the reload coordinator through this channel.
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let chain = crate::reload::LiveChain::default();
     let _watch = match control {
-        Some(control) => match crate::reload::start_with_ctl(control, ctl_rx) {
+        Some(control) => match crate::reload::start_with_ctl(control, ctl_rx, chain.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::info!("hot reload is off: {e}");
@@ -66,8 +67,10 @@ pub fn run(args: RunArgs) -> Exit {
     let _ops = match listener {
         Some(l) => {
             let addr = crate::ops::local_addr(&l);
-            let ctl = _watch.is_some().then_some(ctl_tx);
-            match crate::ops::serve(l, running.probe(), ctl) {
+            let steering = _watch
+                .is_some()
+                .then_some(crate::ops::Steering { ctl: ctl_tx, chain });
+            match crate::ops::serve(l, running.probe(), steering) {
                 Ok(server) => {
                     if let Some(a) = addr {
                         tracing::info!("serving /metrics, /health and /stages on http://{a}");

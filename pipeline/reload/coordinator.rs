@@ -68,9 +68,34 @@ pub(super) struct Coordinator {
     pub(super) watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     /// Directories watched so far.
     pub(super) dirs: BTreeSet<PathBuf>,
+    /// Where the chain is published for `/stages` and `/metrics`.
+    pub(super) published: super::LiveChain,
 }
 
 impl Coordinator {
+    /// Publishes the chain; `swapped` names the stage index just swapped.
+    pub(super) fn publish(&self, swapped: Option<usize>) {
+        let mut v = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let next = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| super::LiveStage {
+                name: s.spec.name.clone(),
+                plugin: s.plugin.clone(),
+                workers: s.workers,
+                last_swap: if swapped == Some(i) {
+                    Some(std::time::SystemTime::now())
+                } else {
+                    v.iter()
+                        .find(|o| o.name == s.spec.name)
+                        .and_then(|o| o.last_swap)
+                },
+            })
+            .collect();
+        *v = next;
+    }
+
     /// Watches the directories of the config and of every stage's file not yet watched.
     pub(super) fn watch_dirs(&mut self) -> Result<(), String> {
         let mut wanted = vec![self
@@ -319,6 +344,7 @@ impl Coordinator {
         let old_plugin = std::mem::replace(&mut live.plugin, plugin);
         let old_spec = std::mem::replace(&mut live.spec, spec);
         live.previous = Some((old_plugin, old_spec, Instant::now()));
+        self.publish(Some(i));
         Ok(report)
     }
 
@@ -412,6 +438,7 @@ impl Coordinator {
         ));
         self.stages = live;
         self.plan = new_plan;
+        self.publish(None);
         if let Err(e) = self.watch_dirs() {
             tracing::warn!("{e}: changes to the new stages' files will not be seen");
         }
