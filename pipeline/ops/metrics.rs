@@ -14,6 +14,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::View;
+use crate::run::stats::StageStats;
 
 /// The whole `/metrics` page.
 pub fn render(view: &View) -> String {
@@ -97,14 +98,13 @@ pub fn render(view: &View) -> String {
         &info,
     );
 
-    let per_stage =
-        |get: &dyn Fn(&crate::run::stats::StageStats, usize) -> f64| -> Vec<(String, f64)> {
-            stages
-                .iter()
-                .map(|(name, s, w)| (format!("stage=\"{}\"", escape(name)), get(s, *w)))
-                .collect()
-        };
-    let rows: [(&str, &str, &str, &dyn Fn(&crate::run::stats::StageStats, usize) -> f64); 12] = [
+    let per_stage = |get: &Get| -> Vec<(String, f64)> {
+        stages
+            .iter()
+            .map(|(name, s, w)| (format!("stage=\"{}\"", escape(name)), get(s, *w)))
+            .collect()
+    };
+    let rows: [(&str, &str, &str, &Get); 12] = [
         ("pipe_stage_records_in_total", "counter", "Records a stage received.", &|s, _| s.rows_in.load(Relaxed) as f64),
         ("pipe_stage_records_out_total", "counter", "Records a stage emitted.", &|s, _| s.rows_out.load(Relaxed) as f64),
         ("pipe_stage_records_filtered", "gauge", "Net records a stage dropped on purpose (in - out - dead-lettered - skipped; negative for a stage that emits more than it takes).", &|s, _| {
@@ -144,6 +144,9 @@ pub fn render(view: &View) -> String {
     );
     out
 }
+
+/// Reads one sample from a stage's counters and its worker count.
+type Get = dyn Fn(&StageStats, usize) -> f64;
 
 /// One metric family: HELP, TYPE and a sample per label set (`""`: no labels).
 pub(super) fn family(
