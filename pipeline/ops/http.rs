@@ -1,11 +1,14 @@
-//! A minimal HTTP/1.1 responder: one thread accepts connections and answers one GET on
-//! each, then closes it (`Connection: close`), which every scraper and `curl` handle.
+//! A minimal HTTP/1.1 responder: one thread accepts connections and answers each on a
+//! short-lived thread of its own, one request per connection (`Connection: close`, which
+//! every scraper and `curl` handle). A thread per connection because a `pipe ctl swap`
+//! waits for its marker to reach the stage, and scrapes must not queue behind it; at most
+//! [`MAX_CONNECTIONS`] at once, so a flood of clients cannot start threads without end.
 //! Requests are read with a timeout so that a client that connects and sends nothing
-//! cannot hold the server.
+//! cannot hold a thread.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,6 +19,8 @@ use super::Response;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Request heads larger than this are refused: the endpoints take no body.
 const MAX_HEAD: usize = 16 * 1024;
+/// Connections answered at once; more are refused with 503 until one ends.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// A running server; dropping it stops the thread.
 pub struct Server {
@@ -28,8 +33,10 @@ impl Server {
     /// Starts the accept thread; `handle` maps a request (method, path) to a response.
     pub fn start<F>(listener: TcpListener, handle: F) -> std::io::Result<Server>
     where
-        F: Fn(&str, &str) -> Response + Send + 'static,
+        F: Fn(&str, &str) -> Response + Send + Sync + 'static,
     {
+        let handle = Arc::new(handle);
+        let open = Arc::new(AtomicUsize::new(0));
         let addr = listener.local_addr().ok();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -41,8 +48,24 @@ impl Server {
                         break;
                     }
                     // A failed connection concerns that client only.
-                    if let Ok(stream) = conn {
-                        let _ = answer(stream, &handle);
+                    let Ok(stream) = conn else { continue };
+                    if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        let _ = answer(stream, &|_: &str, _: &str| {
+                            (503, "text/plain", "too many connections\n".to_string())
+                        });
+                        continue;
+                    }
+                    let (handle, open2) = (handle.clone(), open.clone());
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("ops-conn".into())
+                            .spawn(move || {
+                                let _ = answer(stream, &*handle);
+                                open2.fetch_sub(1, Ordering::SeqCst);
+                            });
+                    if spawned.is_err() {
+                        open.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
             })?;
@@ -67,7 +90,10 @@ impl Drop for Server {
     }
 }
 
-fn answer<F: Fn(&str, &str) -> Response>(stream: TcpStream, handle: &F) -> std::io::Result<()> {
+fn answer<F: Fn(&str, &str) -> Response + ?Sized>(
+    stream: TcpStream,
+    handle: &F,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
