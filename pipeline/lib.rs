@@ -5,6 +5,7 @@
 //! The folders are the layers; each depends only on those listed after it.
 //! - [`cli`]: the command line: clap types, one function per subcommand, the exit-code
 //!   map, logging.
+//! - [`ops`]: live operations: `/metrics`, `/health`, `/stages` over HTTP.
 //! - [`tools`]: `pipe bench`, `generate`, `new`, `test`.
 //! - [`reload`]: hot reload: file watching, the coordinator, the pure plan diff.
 //! - [`run`]: one run: source, feeder, chain (dispatchers and workers), markers, policy,
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod jetstream;
+pub mod ops;
 pub mod plugin;
 pub mod reload;
 pub mod run;

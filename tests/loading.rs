@@ -501,7 +501,7 @@ fn unknown_keys_are_errors_with_line_and_column() {
         config_error("[settings]\nbatchsize = 10\n\n[pipelines.default]\n"),
         "pipelines.toml: line 2, column 1: unknown field `batchsize`, expected one of \
          `plugin_dir`, `batch_size`, `channel_capacity`, `watch`, `debounce_ms`, \
-         `max_record_bytes`"
+         `max_record_bytes`, `listen`"
     );
     assert_eq!(
         config_error("[pipelines.default]\n  on_bad_inptu = \"skip\"\n"),

@@ -74,6 +74,11 @@ pub enum CommandLine {
     /// Print the man page (roff), with every subcommand.
     #[command(after_help = "Examples:\n  pipe man > pipe.1")]
     Man,
+    /// Steer a running `pipe run --listen ADDR`: status, swap a stage, roll it back.
+    #[command(after_help = "Examples:\n  pipe ctl --addr 127.0.0.1:9464 status\n  \
+        pipe ctl --addr 127.0.0.1:9464 swap clean target/release/libfilter.so\n  \
+        pipe ctl --addr 127.0.0.1:9464 rollback clean")]
+    Ctl(CtlArgs),
     /// Scaffold a new stage in stages/NAME, registered in the workspace.
     #[command(after_help = "Then: cargo build --release && pipe stages")]
     New(NewArgs),
@@ -210,6 +215,42 @@ pub struct RunArgs {
     /// Dead-letter file (overrides the pipeline's).
     #[arg(long, value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /health and /stages over HTTP on ADDR (e.g.
+    /// 127.0.0.1:9464; port 0 picks a free one) while running (overrides
+    /// `settings.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// `pipe ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The running pipe's --listen address.
+    #[arg(long, value_name = "ADDR", env = "PIPE_CTL_ADDR")]
+    pub addr: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub order: CtlOrder,
+}
+
+/// `pipe ctl` orders.
+#[derive(Debug, Subcommand)]
+pub enum CtlOrder {
+    /// The chain (stage, plugin, version, path, workers, swaps) and health, as JSON.
+    Status,
+    /// Swap STAGE to FILE, or reload it from its own file: drained at a marker, state
+    /// handed over, reported.
+    Swap {
+        /// The stage's name.
+        stage: String,
+        /// The new plugin library.
+        file: Option<PathBuf>,
+    },
+    /// Swap STAGE back to the version its last swap replaced (kept loaded for an hour).
+    Rollback {
+        /// The stage's name.
+        stage: String,
+    },
 }
 
 /// `--stats` output.

@@ -33,5 +33,28 @@ pub fn execute(command: CommandLine) -> Exit {
         CommandLine::Test(args) => commands::test(args),
         CommandLine::Completions(args) => commands::completions(args),
         CommandLine::Man => commands::man(),
+        CommandLine::Ctl(args) => ctl(args),
+    }
+}
+
+/// `pipe ctl`: one order to a running `pipe run --listen`; exit 0 when it was carried
+/// out, 1 when refused, 2 when no run answered.
+fn ctl(args: CtlArgs) -> Exit {
+    use crate::ops::Order;
+    let order = match args.order {
+        CtlOrder::Status => Order::Status,
+        CtlOrder::Swap { stage, file } => Order::Swap(stage, file),
+        CtlOrder::Rollback { stage } => Order::Rollback(stage),
+    };
+    match crate::ops::send(&args.addr, &order) {
+        Ok((200, body)) => {
+            print!("{body}");
+            Exit::Ok
+        }
+        Ok((_, body)) => {
+            eprint!("pipe ctl: {body}");
+            Exit::Failed
+        }
+        Err(e) => exit::fail(Exit::Usage, &e),
     }
 }

@@ -34,6 +34,15 @@ pub fn run(args: RunArgs) -> Exit {
     };
     let dead_letter = plan.dead_letter.clone();
     let output = plan.output.clone();
+    // The operations endpoints' address is bound before the run starts, so a taken port
+    // fails before any record is read.
+    let listener = match args.listen.as_deref().or(plan.pipeline.listen.as_deref()) {
+        Some(addr) => match crate::ops::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(Exit::Usage, &e),
+        },
+        None => None,
+    };
     // Run, with hot reload when asked for.
     let mut running = match Running::start(plan) {
         Ok(r) => r,
@@ -44,14 +53,35 @@ pub fn run(args: RunArgs) -> Exit {
     } else {
         None
     };
+    // `pipe ctl` orders reach the reload coordinator through this channel.
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let chain = crate::reload::LiveChain::default();
     let _watch = match control {
-        Some(control) => match crate::reload::start(control) {
+        Some(control) => match crate::reload::start_with_ctl(control, ctl_rx, chain.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::info!("hot reload is off: {e}");
                 None
             }
         },
+        None => None,
+    };
+    let _ops = match listener {
+        Some(l) => {
+            let addr = crate::ops::local_addr(&l);
+            let steering = _watch
+                .is_some()
+                .then_some(crate::ops::Steering { ctl: ctl_tx, chain });
+            match crate::ops::serve(l, running.probe(), steering) {
+                Ok(server) => {
+                    if let Some(a) = addr {
+                        tracing::info!("serving /metrics, /health and /stages on http://{a}");
+                    }
+                    Some(server)
+                }
+                Err(e) => return fail(Exit::Failed, &e),
+            }
+        }
         None => None,
     };
     running.log_started(_watch.is_some());

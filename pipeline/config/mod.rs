@@ -113,6 +113,9 @@ pub struct SettingsConfig {
     pub debounce_ms: Option<Whole>,
     /// Longest record read, in bytes (default 64 MiB); a longer one is bad input.
     pub max_record_bytes: Option<Whole>,
+    /// Serve `/metrics`, `/health` and `/stages` on this address while running (like
+    /// `pipe run --listen`, which wins).
+    pub listen: Option<String>,
 }
 
 /// `[pipelines.NAME]`.
@@ -411,6 +414,7 @@ impl PipelinesConfig {
             channel_capacity,
             max_record_bytes,
             watch: s.watch.unwrap_or(true),
+            listen: s.listen.clone(),
             debounce: Duration::from_millis(debounce_ms),
             stages,
         })

@@ -105,6 +105,8 @@ pub struct PipelinePlan {
     pub max_record_bytes: usize,
     /// Watch for changes.
     pub watch: bool,
+    /// `settings.listen`: where to serve the operations endpoints (see `ops`).
+    pub listen: Option<String>,
     /// Quiet time before a reload.
     pub debounce: Duration,
     /// The stages.

@@ -25,11 +25,30 @@ pub mod diff;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use crossbeam_channel::unbounded;
 
+pub use self::coordinator::{CtlCommand, CtlRequest, ROLLBACK_WINDOW};
+
 use self::coordinator::{Coordinator, Live};
 use crate::run::Control;
+
+/// A stage as the coordinator last left it: what `/stages` and `/metrics` show.
+#[derive(Clone)]
+pub struct LiveStage {
+    /// The stage's name.
+    pub name: String,
+    /// The version running now.
+    pub plugin: Arc<crate::plugin::Plugin>,
+    /// Worker threads.
+    pub workers: usize,
+    /// When it was last swapped in this run.
+    pub last_swap: Option<SystemTime>,
+}
+
+/// The running chain, published by the coordinator after every swap and rebuild.
+pub type LiveChain = Arc<Mutex<Vec<LiveStage>>>;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchHandle {
@@ -51,6 +70,16 @@ fn normalise(p: &Path) -> PathBuf {
 /// Starts watching the run's config and its stages' files, steering the run through
 /// `control`.
 pub fn start(control: Control) -> Result<WatchHandle, String> {
+    start_with_ctl(control, crossbeam_channel::never(), LiveChain::default())
+}
+
+/// [`start`], also taking `pipe ctl` orders (swap, rollback) from `ctl` and publishing
+/// the chain as it changes to `chain`.
+pub fn start_with_ctl(
+    control: Control,
+    ctl: crossbeam_channel::Receiver<CtlRequest>,
+    chain: LiveChain,
+) -> Result<WatchHandle, String> {
     let (tx, rx) = unbounded::<PathBuf>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
@@ -78,6 +107,7 @@ pub fn start(control: Control) -> Result<WatchHandle, String> {
         .zip(loaded)
         .map(|(spec, (plugin, workers))| Live {
             workers,
+            previous: None,
             spec: spec.clone(),
             path: normalise(&plugin.path),
             plugin,
@@ -92,7 +122,9 @@ pub fn start(control: Control) -> Result<WatchHandle, String> {
         log,
         watcher: watcher.clone(),
         dirs: Default::default(),
+        published: chain,
     };
+    coordinator.publish(None);
     coordinator.watch_dirs()?;
     tracing::debug!(
         "watching {} for changes (debounce {} ms)",
@@ -106,7 +138,7 @@ pub fn start(control: Control) -> Result<WatchHandle, String> {
     );
     std::thread::Builder::new()
         .name("reload".into())
-        .spawn(move || coordinator.run(rx))
+        .spawn(move || coordinator.run(rx, ctl))
         .map_err(|e| format!("cannot start the reload thread: {e}"))?;
     Ok(WatchHandle { _watcher: watcher })
 }

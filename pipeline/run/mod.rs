@@ -138,6 +138,28 @@ pub struct Control {
     pub log: fn(&str),
 }
 
+/// What the operations endpoints (`ops`) read from a live run: counters, the chain as
+/// loaded, and the watchdog. Cheap to clone; reading it never blocks the run.
+#[derive(Clone)]
+pub struct Probe {
+    /// The pipeline as it started.
+    pub plan: PipelinePlan,
+    /// The stages as loaded, in plan order, with their worker counts.
+    pub loaded: Vec<(Arc<Plugin>, usize)>,
+    /// The run's counters.
+    pub stats: Arc<RunStats>,
+    /// When the run started.
+    pub started: Instant,
+    watchdog: Arc<Watchdog>,
+}
+
+impl Probe {
+    /// Workers busy past their stage's `timeout_ms`: (stage, seconds busy, limit).
+    pub fn overdue(&self) -> Vec<(String, f64, f64)> {
+        self.watchdog.overdue()
+    }
+}
+
 /// A started run.
 pub struct Running {
     plan: RunPlan,
@@ -290,6 +312,17 @@ impl Running {
             stats: self.ctx.stats.clone(),
             log: self.ctx.log,
         })
+    }
+
+    /// What the operations endpoints read from this run.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            plan: self.plan.pipeline.clone(),
+            loaded: self.loaded.clone(),
+            stats: self.ctx.stats.clone(),
+            started: self.started,
+            watchdog: self.ctx.watchdog.clone(),
+        }
     }
 
     /// "running pipeline `x` [a -> b]" (at debug level): the run is under way, and

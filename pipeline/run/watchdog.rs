@@ -99,6 +99,22 @@ impl Watchdog {
             .collect()
     }
 
+    /// Every worker busy past its stage's timeout right now: (stage, seconds busy,
+    /// limit in seconds). Unlike [`Watchdog::check`] it marks nothing: `/health` asks
+    /// this as often as it is scraped.
+    pub fn overdue(&self) -> Vec<(String, f64, f64)> {
+        let v = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .filter_map(|s| {
+                let limit = s.timeout_ms.load(Relaxed);
+                let since = s.busy_since.load(Relaxed);
+                let busy = s.now().saturating_sub(since);
+                (limit != 0 && since != 0 && busy > limit)
+                    .then(|| (s.stage.clone(), busy as f64 / 1e3, limit as f64 / 1e3))
+            })
+            .collect()
+    }
+
     /// Checks every slot; returns the first that overran its timeout.
     pub fn check(&self, dead: &DeadLetter) -> Option<RunError> {
         let v = self.slots.lock().unwrap_or_else(|e| e.into_inner());
