@@ -338,6 +338,50 @@ impl Plugin {
     }
 }
 
+/// What a compiled stage is, for messages: a native library or a WASM module.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Artifact {
+    /// A `cdylib`.
+    Library,
+    /// A `.wasm` module.
+    Module,
+}
+
+/// The manifest must name stage `plugin` and an SDK of this host's major and minor (one
+/// rule for every compiled backend).
+pub(crate) fn check_manifest(
+    path: &Path,
+    plugin: &str,
+    manifest: &Manifest,
+    artifact: Artifact,
+) -> Result<(), LoadError> {
+    let bad = |message: String| LoadError::Manifest {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (this, rebuild) = match artifact {
+        Artifact::Library => ("library", "plugin"),
+        Artifact::Module => ("module", "module"),
+    };
+    let sdk = pipe_sdk::host::SDK_VERSION;
+    if major_minor(&manifest.sdk_version) != major_minor(sdk) {
+        return Err(bad(format!(
+            "built against pipe-sdk {}, but this pipe needs pipe-sdk {}.x; rebuild the \
+             {rebuild} against the current SDK",
+            manifest.sdk_version,
+            sdk.rsplit_once('.').map_or(sdk, |(a, _)| a)
+        )));
+    }
+    if manifest.name != plugin {
+        return Err(bad(format!(
+            "this {this} is stage `{}`, not `{plugin}`; fix `plugin` in the config or the \
+             file name",
+            manifest.name
+        )));
+    }
+    Ok(())
+}
+
 /// Reads `v`'s major and minor version ("0.1.3" -> (0, 1)).
 fn major_minor(v: &str) -> Option<(u64, u64)> {
     let mut it = v.split('.');

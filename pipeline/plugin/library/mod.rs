@@ -20,9 +20,9 @@ pub mod probe;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use pipe_sdk::abi::{StageBox, StageError, StageMod_Ref, SDK_VERSION};
+use pipe_sdk::abi::{StageBox, StageError, StageMod_Ref};
 
-use super::{major_minor, trust, Backend, LoadError, Manifest, Plugin};
+use super::{check_manifest, trust, Artifact, Backend, LoadError, Manifest, Plugin};
 
 pub use copy::{cleanup, libraries_mapped};
 
@@ -68,7 +68,7 @@ pub(crate) fn load(
         }
     };
     let manifest = manifest_of(module);
-    check_manifest(path, plugin, &manifest)?;
+    check_manifest(path, plugin, &manifest, Artifact::Library)?;
     Ok(Plugin::new(
         path.to_path_buf(),
         manifest,
@@ -114,7 +114,7 @@ fn map_new(
         },
     })?;
     // Refused from what the probe saw, before the host maps anything.
-    check_manifest(path, plugin, &probed)?;
+    check_manifest(path, plugin, &probed, Artifact::Library)?;
     copy::map(path, &copy)
 }
 
@@ -127,30 +127,6 @@ fn manifest_of(module: StageMod_Ref) -> Manifest {
         stateful: m.stateful,
         sdk_version: m.sdk_version.to_string(),
     }
-}
-
-/// The manifest must name stage `plugin` and an SDK of this host's major and minor.
-fn check_manifest(path: &Path, plugin: &str, manifest: &Manifest) -> Result<(), LoadError> {
-    let bad = |message: String| LoadError::Manifest {
-        path: path.to_path_buf(),
-        message,
-    };
-    if major_minor(&manifest.sdk_version) != major_minor(SDK_VERSION) {
-        return Err(bad(format!(
-            "built against pipe-sdk {}, but this pipe needs pipe-sdk {}.x; rebuild the \
-             plugin against the current SDK",
-            manifest.sdk_version,
-            SDK_VERSION.rsplit_once('.').map_or(SDK_VERSION, |(a, _)| a)
-        )));
-    }
-    if manifest.name != plugin {
-        return Err(bad(format!(
-            "this library is stage `{}`, not `{plugin}`; fix `plugin` in the config or \
-             the file name",
-            manifest.name
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -173,9 +149,9 @@ mod tests {
             version: "1.0.0".into(),
             description: String::new(),
             stateful: false,
-            sdk_version: SDK_VERSION.into(),
+            sdk_version: pipe_sdk::abi::SDK_VERSION.into(),
         };
-        let e = check_manifest(Path::new("x.so"), "mine", &m)
+        let e = check_manifest(Path::new("x.so"), "mine", &m, Artifact::Library)
             .unwrap_err()
             .to_string();
         assert!(

@@ -33,7 +33,7 @@ use pipe_sdk::wasm_abi;
 use serde::Deserialize;
 use wasmtime::{ExternType, InstancePre, Module};
 
-use super::{major_minor, trust, Backend, LoadError, Manifest, Plugin};
+use super::{check_manifest, trust, Artifact, Backend, LoadError, Manifest, Plugin};
 use crate::config::StageSpec;
 use sandbox::{Fault, Host, Limits, Sandboxed};
 
@@ -174,7 +174,7 @@ pub(crate) fn load(plugin: &str, path: &Path, spec: &StageSpec) -> Result<Plugin
         stateful: m.stateful,
         sdk_version: m.sdk_version,
     };
-    check_manifest(path, plugin, &manifest)?;
+    check_manifest(path, plugin, &manifest, Artifact::Module)?;
     Ok(Plugin::new(
         path.to_path_buf(),
         manifest,
@@ -232,31 +232,6 @@ fn check_shape(module: &Module) -> Result<(), String> {
                  pipe_sdk::export_stage!? the README's \"WASM stages\" lists the ABI)"
             ));
         }
-    }
-    Ok(())
-}
-
-/// The manifest must name stage `plugin` and an SDK of this host's major and minor.
-fn check_manifest(path: &Path, plugin: &str, manifest: &Manifest) -> Result<(), LoadError> {
-    let bad = |message: String| LoadError::Manifest {
-        path: path.to_path_buf(),
-        message,
-    };
-    let sdk = wasm_abi::SDK_VERSION;
-    if major_minor(&manifest.sdk_version) != major_minor(sdk) {
-        return Err(bad(format!(
-            "built against pipe-sdk {}, but this pipe needs pipe-sdk {}.x; rebuild the \
-             module against the current SDK",
-            manifest.sdk_version,
-            sdk.rsplit_once('.').map_or(sdk, |(a, _)| a)
-        )));
-    }
-    if manifest.name != plugin {
-        return Err(bad(format!(
-            "this module is stage `{}`, not `{plugin}`; fix `plugin` in the config or the \
-             file name",
-            manifest.name
-        )));
     }
     Ok(())
 }
