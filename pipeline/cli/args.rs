@@ -40,7 +40,7 @@ pub struct Cli {
 pub enum CommandLine {
     /// Split files into batch messages on a NATS JetStream subject, for `pipe run`
     /// instances that read the stream to share (README, "Scaling out").
-    Publish(crate::jetstream::publish::PublishArgs),
+    Publish(crate::run::jetstream::publish::PublishArgs),
     /// Run a pipeline over stdin or files.
     #[command(
         after_help = "PIPELINE may be left out: the first argument is taken as a \

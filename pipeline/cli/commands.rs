@@ -77,8 +77,8 @@ pub fn plan_run(
 }
 
 /// `pipe publish`: files into batch messages on a JetStream subject.
-pub fn publish(args: crate::jetstream::publish::PublishArgs) -> Exit {
-    match crate::jetstream::publish::run(&args) {
+pub fn publish(args: crate::run::jetstream::publish::PublishArgs) -> Exit {
+    match crate::run::jetstream::publish::run(&args) {
         Ok(p) if p.inputs > 0 => {
             tracing::info!(
                 "published {} records in {} messages from {} input{} to {}",
@@ -178,7 +178,7 @@ pub fn check(args: CheckArgs) -> Exit {
     // bad_urls_and_missing_streams_are_named).
     for s in &setups {
         if let Err(e) =
-            crate::jetstream::check_stateful(&plan, &s.spec.name, s.plugin.manifest.stateful)
+            crate::run::jetstream::check_stateful(&plan, &s.spec.name, s.plugin.manifest.stateful)
         {
             return fail(Exit::Failed, &e);
         }

@@ -9,6 +9,7 @@
 pub mod bounds;
 mod options;
 mod plan;
+pub mod stream;
 
 pub use bounds::Whole;
 
@@ -63,10 +64,10 @@ pub struct PipelineConfig {
     pub description: Option<String>,
     /// Input format when neither a flag nor a file extension says; or a JetStream
     /// stream to read (`jetstream::config`).
-    pub input: Option<crate::jetstream::config::InputKey>,
+    pub input: Option<crate::config::stream::InputKey>,
     /// Output format when neither a flag nor `-o`'s extension says; or a JetStream
     /// stream to write.
-    pub output: Option<crate::jetstream::config::OutputKey>,
+    pub output: Option<crate::config::stream::OutputKey>,
     /// Dead-letter file (relative to the working directory).
     pub dead_letter: Option<PathBuf>,
     /// Policy for records the source cannot read.
@@ -338,7 +339,7 @@ impl PipelinesConfig {
             config_path: path.to_path_buf(),
             input: p.input.as_ref().and_then(|i| i.format()),
             output: p.output.as_ref().and_then(|o| o.format()),
-            jetstream: crate::jetstream::config::Endpoints::resolve(
+            jetstream: crate::config::stream::Endpoints::resolve(
                 name,
                 &base,
                 p.input.as_ref(),

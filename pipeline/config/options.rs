@@ -115,8 +115,8 @@ impl RunPlan {
             }
         }
         let stream_inputs =
-            crate::jetstream::resolve_inputs(&pipeline, &opts.inputs, opts.output.as_deref())
-                .map_err(|e| PlanError::Stream(e.to_string()))?;
+            crate::config::stream::resolve_inputs(&pipeline, &opts.inputs, opts.output.as_deref())
+                .map_err(PlanError::Stream)?;
         let inputs = if let Some(names) = stream_inputs {
             names
         } else if opts.inputs.is_empty() {

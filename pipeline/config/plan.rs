@@ -112,7 +112,7 @@ pub struct PipelinePlan {
     /// The stages.
     pub stages: Vec<StageSpec>,
     /// JetStream streams as input or output, if any.
-    pub jetstream: crate::jetstream::config::Endpoints,
+    pub jetstream: crate::config::stream::Endpoints,
 }
 
 impl PipelinePlan {

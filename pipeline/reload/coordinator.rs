@@ -292,7 +292,7 @@ impl Coordinator {
             },
         };
         if let Err(e) =
-            crate::jetstream::check_stateful(&self.plan, &name, plugin.manifest.stateful)
+            crate::run::jetstream::check_stateful(&self.plan, &name, plugin.manifest.stateful)
         {
             return refuse(e.to_string());
         }
@@ -420,8 +420,12 @@ impl Coordinator {
             }
         };
         if let Some(e) = setups.iter().find_map(|s| {
-            crate::jetstream::check_stateful(&new_plan, &s.spec.name, s.plugin.manifest.stateful)
-                .err()
+            crate::run::jetstream::check_stateful(
+                &new_plan,
+                &s.spec.name,
+                s.plugin.manifest.stateful,
+            )
+            .err()
         }) {
             tracing::warn!("config change ignored, the pipeline runs on unchanged: {e}");
             return;

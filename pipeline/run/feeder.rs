@@ -63,7 +63,7 @@ pub struct Feeder {
     pub ctx: Arc<Context>,
     /// With a stream input, where each batch's message is tagged with the number given
     /// here (jetstream/source.rs).
-    pub acks: Option<Arc<crate::jetstream::source::AckTracker>>,
+    pub acks: Option<Arc<crate::run::jetstream::source::AckTracker>>,
 }
 
 impl Feeder {

@@ -32,6 +32,7 @@ mod chain;
 pub mod deadletter;
 pub mod error;
 mod feeder;
+pub mod jetstream;
 mod markers;
 mod output;
 pub mod policy;
@@ -116,7 +117,7 @@ pub enum StartError {
     Thread(#[from] RunError),
     /// A JetStream input or output cannot be used.
     #[error(transparent)]
-    JetStream(#[from] crate::jetstream::JetStreamError),
+    JetStream(#[from] crate::run::jetstream::JetStreamError),
 }
 
 /// Reports a message at `info` level (shown unless `-q`).
@@ -173,7 +174,7 @@ pub struct Running {
     commands: Option<Sender<Command>>,
     loaded: Vec<(Arc<Plugin>, usize)>,
     /// The sink's part of a run with a stream (jetstream/sink.rs).
-    acking: Option<crate::jetstream::sink::AckingSink>,
+    acking: Option<crate::run::jetstream::sink::AckingSink>,
     started: Instant,
     _signals: Option<SignalListener>,
 }
@@ -217,7 +218,7 @@ impl Running {
         }
         let started = Instant::now();
         let cap = plan.pipeline.channel_capacity;
-        let mut jetstream = crate::jetstream::JetStreamRun::start(
+        let mut jetstream = crate::run::jetstream::JetStreamRun::start(
             &plan.pipeline,
             &setups,
             plan.output_format,

@@ -36,7 +36,7 @@ pub struct Sink<'a> {
     pub pool: Sender<Batch>,
     /// With a stream involved: writes or publishes each batch, then acks its message
     /// (jetstream/sink.rs).
-    pub acking: Option<crate::jetstream::sink::AckingSink>,
+    pub acking: Option<crate::run::jetstream::sink::AckingSink>,
 }
 
 impl Sink<'_> {

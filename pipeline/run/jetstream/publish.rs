@@ -16,8 +16,8 @@ use crossbeam_channel::unbounded;
 use pipe_sdk::codec::Format;
 
 use super::client::{Bridge, PublishJob};
-use super::config::SubjectUrl;
 use super::{JetStreamError, HEADER_FORMAT, HEADER_INPUT, HEADER_LINE};
+use crate::config::stream::SubjectUrl;
 
 /// `pipe publish`.
 #[derive(Debug, Args)]
@@ -213,7 +213,10 @@ pub struct Published {
 /// Runs `pipe publish`: every input split into messages, each stored by the stream
 /// before this returns.
 pub fn run(args: &PublishArgs) -> Result<Published, PublishError> {
-    let to: SubjectUrl = args.to.parse().map_err(PublishError::Address)?;
+    let to: SubjectUrl = args
+        .to
+        .parse()
+        .map_err(|e: crate::config::stream::AddressError| PublishError::Address(e.into()))?;
     if args.batch_size == 0 {
         return Err(PublishError::BatchSize);
     }

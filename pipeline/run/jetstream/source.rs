@@ -31,7 +31,7 @@ use pipe_sdk::host::HostBatch;
 use pipe_sdk::Batch;
 
 use super::client::{Bridge, Delivery, Event};
-use super::config::JetStreamInput;
+use crate::config::stream::JetStreamInput;
 use crate::config::Policy;
 use crate::run::deadletter::DeadLetter;
 use crate::run::policy::{self, Culprit, Tally};

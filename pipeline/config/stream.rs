@@ -16,14 +16,14 @@
 //! is reported with its name, line and column like everywhere else in the file.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pipe_sdk::codec::Format;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::JetStreamError;
+use super::PipelinePlan;
 
 /// The `input` key: a format, or a JetStream stream to consume.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,11 +271,21 @@ pub struct SubjectUrl {
     pub subject: String,
 }
 
-impl std::str::FromStr for SubjectUrl {
-    type Err = JetStreamError;
+/// A `nats://HOST:PORT/SUBJECT` address that does not parse.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{address}` is not a NATS subject address: {why}")]
+pub struct AddressError {
+    /// What was given.
+    pub address: String,
+    /// Why.
+    pub why: String,
+}
 
-    fn from_str(s: &str) -> Result<SubjectUrl, JetStreamError> {
-        let bad = |why: &str| JetStreamError::Address {
+impl std::str::FromStr for SubjectUrl {
+    type Err = AddressError;
+
+    fn from_str(s: &str) -> Result<SubjectUrl, AddressError> {
+        let bad = |why: &str| AddressError {
             address: s.to_string(),
             why: why.to_string(),
         };
@@ -346,6 +356,54 @@ impl<'de> Deserialize<'de> for OutputKey {
         ))
         .map(|r| r.map_or_else(OutputKey::JetStream, OutputKey::Format))
     }
+}
+
+/// The input names of a run whose pipeline reads a stream: one label for the stream
+/// (messages add their own inputs as they come). `None` for other pipelines. Refused:
+/// `-o` when the output is a stream; with a stream input, files on the command line
+/// (the stream is the input), and `-o FILE`, which appears
+/// only when the run ends, while messages are acknowledged as their records are
+/// written (a run killed before the end would have acknowledged records it never
+/// delivered).
+pub fn resolve_inputs(
+    plan: &PipelinePlan,
+    files: &[String],
+    output: Option<&Path>,
+) -> Result<Option<Vec<String>>, String> {
+    if let (Some(out), Some(f)) = (&plan.jetstream.output, output) {
+        return Err(format!(
+            "pipeline `{}` writes to stream `{}` on {} (its `output`): -o {} has no place \
+             in it",
+            plan.name,
+            out.stream,
+            out.url,
+            f.display()
+        ));
+    }
+    let Some(input) = &plan.jetstream.input else {
+        return Ok(None);
+    };
+    if !files.is_empty() {
+        return Err(format!(
+            "pipeline `{}` reads stream `{}` on {} (its `input`): give no input files ({})",
+            plan.name,
+            input.stream,
+            input.url,
+            files.join(" ")
+        ));
+    }
+    if let Some(f) = output {
+        return Err(format!(
+            "pipeline `{}` reads stream `{}`, whose messages are acknowledged as their \
+             records are written, but -o {} appears only when the run ends: write to \
+             stdout (`> {}`) or to an output stream",
+            plan.name,
+            input.stream,
+            f.display(),
+            f.display()
+        ));
+    }
+    Ok(Some(vec![format!("{}/{}", input.url, input.stream)]))
 }
 
 #[cfg(test)]

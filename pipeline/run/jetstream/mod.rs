@@ -24,18 +24,19 @@
 //! record arrives once. How the host keeps a batch and its message together through the
 //! chain is in `source`'s docs.
 //!
-//! The run calls in at five points: [`resolve_inputs`] (the run's input names, from
+//! The run calls in at five points: [`resolve_inputs`](crate::config::stream::resolve_inputs) (the run's input names, from
 //! `config::RunPlan::resolve`), [`JetStreamRun::start`] (checks, connect),
 //! [`JetStreamRun::take_source`] (the reader thread), the tracker in the feeder
 //! ([`source::AckTracker::fed`]) and the sink ([`sink::AckingSink`]).
 
 pub mod client;
-pub mod config;
+mod io;
+/// The `input`/`output` keys and addresses live in the config layer.
+pub use crate::config::stream as config;
 pub mod publish;
 pub mod sink;
 pub mod source;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -146,54 +147,6 @@ impl JetStreamError {
             source: Box::new(self),
         }
     }
-}
-
-/// The input names of a run whose pipeline reads a stream: one label for the stream
-/// (messages add their own inputs as they come). `None` for other pipelines. Refused:
-/// `-o` when the output is a stream; with a stream input, files on the command line
-/// (the stream is the input), and `-o FILE`, which appears
-/// only when the run ends, while messages are acknowledged as their records are
-/// written (a run killed before the end would have acknowledged records it never
-/// delivered).
-pub fn resolve_inputs(
-    plan: &PipelinePlan,
-    files: &[String],
-    output: Option<&Path>,
-) -> Result<Option<Vec<String>>, JetStreamError> {
-    if let (Some(out), Some(f)) = (&plan.jetstream.output, output) {
-        return Err(JetStreamError::Refused(format!(
-            "pipeline `{}` writes to stream `{}` on {} (its `output`): -o {} has no place \
-             in it",
-            plan.name,
-            out.stream,
-            out.url,
-            f.display()
-        )));
-    }
-    let Some(input) = &plan.jetstream.input else {
-        return Ok(None);
-    };
-    if !files.is_empty() {
-        return Err(JetStreamError::Refused(format!(
-            "pipeline `{}` reads stream `{}` on {} (its `input`): give no input files ({})",
-            plan.name,
-            input.stream,
-            input.url,
-            files.join(" ")
-        )));
-    }
-    if let Some(f) = output {
-        return Err(JetStreamError::Refused(format!(
-            "pipeline `{}` reads stream `{}`, whose messages are acknowledged as their \
-             records are written, but -o {} appears only when the run ends: write to \
-             stdout (`> {}`) or to an output stream",
-            plan.name,
-            input.stream,
-            f.display(),
-            f.display()
-        )));
-    }
-    Ok(Some(vec![format!("{}/{}", input.url, input.stream)]))
 }
 
 /// Refuses stateful stage `stage` in a pipeline that reads a stream: the consumer is
@@ -331,5 +284,14 @@ impl JetStreamRun {
     /// The sink's part.
     pub fn take_sink(&mut self) -> Option<AckingSink> {
         self.sink.take()
+    }
+}
+
+impl From<crate::config::stream::AddressError> for JetStreamError {
+    fn from(e: crate::config::stream::AddressError) -> JetStreamError {
+        JetStreamError::Address {
+            address: e.address,
+            why: e.why,
+        }
     }
 }
