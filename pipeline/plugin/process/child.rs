@@ -255,11 +255,11 @@ impl Child {
 
     /// Closes the child's stdin, waits up to `grace` for it to exit, kills it (and its
     /// process group) if it has not, and says how it ended: "exited with status 1".
-    pub(super) fn reap(&mut self, grace: Duration) -> String {
+    pub(super) fn reap(&mut self, grace: Duration) -> Reaped {
         self.input = None;
         match self.os.take() {
             Some(mut os) => reap(&mut os, grace),
-            None => "had already been stopped".into(),
+            None => Reaped::other("had already been stopped"),
         }
     }
 }
@@ -286,14 +286,14 @@ impl Drop for Child {
 
 /// Waits up to `grace` for a child whose stdin is closed to exit, then kills it and its
 /// process group; says how it ended ("exited with status 1").
-pub(super) fn reap(os: &mut std::process::Child, grace: Duration) -> String {
+pub(super) fn reap(os: &mut std::process::Child, grace: Duration) -> Reaped {
     let deadline = Instant::now() + grace;
     loop {
         match os.try_wait() {
             Ok(Some(status)) => {
                 // What it started goes with it, on every path (issue 12).
                 kill_group(os.id());
-                return describe(status);
+                return Reaped::from_status(status);
             }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => break,
@@ -302,12 +302,12 @@ pub(super) fn reap(os: &mut std::process::Child, grace: Duration) -> String {
     kill_group(os.id());
     let _ = os.kill();
     match os.wait() {
-        Ok(status) if grace.is_zero() => describe(status),
-        Ok(_) => format!(
+        Ok(status) if grace.is_zero() => Reaped::from_status(status),
+        Ok(_) => Reaped::other(format!(
             "did not exit within {} ms and was killed",
             grace.as_millis()
-        ),
-        Err(e) => format!("could not be waited for ({e})"),
+        )),
+        Err(e) => Reaped::other(format!("could not be waited for ({e})")),
     }
 }
 
@@ -322,6 +322,42 @@ pub(super) fn kill_group(pid: u32) {
     }
     #[cfg(not(unix))]
     let _ = pid;
+}
+
+/// How a child ended: whether it was a clean exit (status 0), and the words for it.
+/// Typed, so that no caller decides success by comparing the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reaped {
+    /// It exited by itself with status 0.
+    pub(super) clean: bool,
+    text: String,
+}
+
+impl Reaped {
+    fn from_status(status: ExitStatus) -> Reaped {
+        Reaped {
+            clean: status.success(),
+            text: describe(status),
+        }
+    }
+
+    fn other(text: impl Into<String>) -> Reaped {
+        Reaped {
+            clean: false,
+            text: text.into(),
+        }
+    }
+
+    /// No child to reap.
+    pub(super) fn none() -> Reaped {
+        Reaped::other(String::new())
+    }
+}
+
+impl std::fmt::Display for Reaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 pub(super) fn describe(status: ExitStatus) -> String {

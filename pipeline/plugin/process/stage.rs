@@ -9,7 +9,7 @@ use abi_stable::std_types::{RNone, ROption, RResult, RSlice, RVec};
 use pipe_sdk::abi::{ErrorKind, StageBox, StageError, StageObject, StageObject_TO};
 use pipe_sdk::{Batch, Output};
 
-use super::child::{Child, StartError, Trouble};
+use super::child::{Child, Reaped, StartError, Trouble};
 use super::protocol::{batch_reply, encode_batch, end_rows, Message, Verdict};
 use super::{failed, ProcessSpec, CLOSE_GRACE, EXIT_GRACE, MAX_CONSECUTIVE_FAILURES};
 
@@ -103,7 +103,7 @@ impl ProcessStage {
     /// The child failed a request: kill it, count it, and say what happened.
     fn lost_child(&mut self, trouble: Trouble, during: &str) -> StageError {
         let mut child = self.child.take();
-        let mut status = |grace| child.as_mut().map_or_else(String::new, |c| c.reap(grace));
+        let mut status = |grace| child.as_mut().map_or_else(Reaped::none, |c| c.reap(grace));
         let what = match trouble {
             Trouble::Closed => format!("its child process {} {during}", status(CLOSE_GRACE)),
             Trouble::Garbage(g) => {
@@ -183,8 +183,8 @@ impl ProcessStage {
                 let status = self
                     .child
                     .as_mut()
-                    .map_or_else(String::new, |c| c.reap(EXIT_GRACE));
-                if status == "exited with status 0" {
+                    .map_or_else(Reaped::none, |c| c.reap(EXIT_GRACE));
+                if status.clean {
                     Ok(())
                 } else {
                     Err(failed(format!(
