@@ -117,17 +117,14 @@ impl StageRuntime {
                 }
                 Work::Finish { seq } => {
                     out.clear();
-                    slot.start(Pos::default());
-                    let t = Instant::now();
-                    let r = instance.finish(&mut out).into_result();
+                    let (r, spent) = timed(&slot, Pos::default(), || {
+                        instance.finish(&mut out).into_result()
+                    });
                     // `finish` is work when there was input or it emits rows; otherwise a
                     // stage that processed nothing would show as the busiest.
                     if self.stats.rows_in.load(Relaxed) > 0 || !out.batch().is_empty() {
-                        self.stats
-                            .busy_ns
-                            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                        self.add_busy(spent);
                     }
-                    slot.stop();
                     match r {
                         Ok(()) => {
                             self.stats
@@ -198,19 +195,15 @@ impl StageRuntime {
         out.begin(batch);
         // Empty batches go through too: a header-only input still gets the stage's
         // output columns (select, compute), so the output has the right header.
-        slot.start(if batch.is_empty() {
+        let pos = if batch.is_empty() {
             Pos::default()
         } else {
             batch.row(0).pos()
-        });
-        let t = Instant::now();
-        let r = instance.process(batch, out).into_result();
+        };
+        let (r, spent) = timed(slot, pos, || instance.process(batch, out).into_result());
         if !batch.is_empty() {
-            self.stats
-                .busy_ns
-                .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+            self.add_busy(spent);
         }
-        slot.stop();
         match r {
             Ok(()) => {
                 for rej in out.rejects() {
@@ -278,6 +271,12 @@ impl StageRuntime {
         }
     }
 
+    fn add_busy(&self, spent: Duration) {
+        self.stats
+            .busy_ns
+            .fetch_add(spent.as_nanos() as u64, Relaxed);
+    }
+
     fn reject(
         &self,
         spec: &StageSpec,
@@ -298,4 +297,15 @@ impl StageRuntime {
             },
         )
     }
+}
+
+/// Runs `call` as stage work: the watchdog sees the worker busy on the batch at `pos`
+/// meanwhile. Returns its result and the time it took.
+fn timed<R>(slot: &WatchSlot, pos: Pos, call: impl FnOnce() -> R) -> (R, Duration) {
+    slot.start(pos);
+    let t = Instant::now();
+    let r = call();
+    let spent = t.elapsed();
+    slot.stop();
+    (r, spent)
 }
